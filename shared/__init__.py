@@ -1,0 +1,1 @@
+"""What every tagger process imports: settings, errors and the model library (``shared.ml``)."""

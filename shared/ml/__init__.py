@@ -1,0 +1,1 @@
+"""The model library: arrays and plain data in, plain data out (no database, Celery or HTTP here)."""

@@ -1,0 +1,144 @@
+"""Typer commands for the model: ``tagger train``, ``tagger predict``, ``tagger evaluate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.errors import TaggerError
+
+console = Console(stderr=True)
+out = Console()
+
+
+class Modality(str, Enum):
+    text = "text"
+    image = "image"
+    both = "both"
+
+
+class Fusion(str, Enum):
+    gated = "gated"
+    concat = "concat"
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=2)
+
+
+def train(
+    dataset: Annotated[Path, typer.Option(help="Dataset manifest (YAML).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the model to.")],
+    seed: int = 0,
+    text_epochs: Annotated[int, typer.Option(help="LoRA epochs for the text encoder.")] = 2,
+    no_finetune_text: Annotated[bool, typer.Option(help="Keep the text encoder frozen.")] = False,
+    fusion: Fusion = Fusion.gated,
+    head_epochs: int = 40,
+    target_precision: Annotated[float | None, typer.Option(
+        help="Precision an auto tag must reach on calibration data (default: settings, 0.98).")
+    ] = None,
+) -> None:
+    """Train, calibrate and evaluate a model on a dataset manifest; write its artifact."""
+    from shared.ml.head_training import HeadTrainConfig
+    from shared.ml.report import metrics_table
+    from shared.ml.training import TrainConfig
+    from shared.ml.training import train as run_train
+
+    cfg = TrainConfig(seed=seed, finetune_text=not no_finetune_text, text_epochs=text_epochs,
+                      target_precision=target_precision,
+                      head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed))
+    try:
+        manifest = run_train(dataset, out_dir, cfg=cfg)
+    except TaggerError as exc:
+        raise _fail(exc) from None
+    tr = manifest["training"]
+    out.print(metrics_table(
+        f"{manifest['version']} — grouped validation split (n={tr['n']['validation']})",
+        manifest["metrics"]["modalities"]))
+    out.print(f"model written to [bold]{out_dir}[/] in {tr['timings_s']['total_s']:.0f}s "
+              f"(train {tr['n']['train']}, calibration {tr['n']['calibration']}, "
+              f"validation {tr['n']['validation']}; missing images {tr['missing_images']})")
+
+
+def predict(
+    title: Annotated[str, typer.Option(help="Product title / description.")] = "",
+    image: Annotated[Path | None, typer.Option(help="Product photo file.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: shipped).")] = None,
+    top_k: int = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Tag one product from its title and/or photo."""
+    from shared.ml.predictor import Item, Tagger
+
+    if not title.strip() and image is None:
+        raise _fail(ValueError("give --title, --image or both"))
+    try:
+        data = image.read_bytes() if image else None
+    except OSError as exc:
+        raise _fail(ValueError(f"--image: cannot read {image}: {exc.strerror}")) from None
+    try:
+        tagger = Tagger.load(model)
+        pred = tagger.predict([Item(text=title, image=data)], top_k=top_k)[0]
+    except TaggerError as exc:
+        raise _fail(exc) from None
+    if pred.error:
+        raise _fail(ValueError(pred.error))
+    if as_json:
+        out.print_json(json.dumps({
+            "model": tagger.version, "modalities": pred.modalities, "image_error": pred.image_error,
+            "tags": {a: [vars(t) for t in ts] for a, ts in pred.tags.items()},
+        }))
+        return
+    table = Table(title=f"model {tagger.version} — from {' + '.join(pred.modalities)}")
+    table.add_column("axis")
+    table.add_column("value")
+    table.add_column("score", justify="right")
+    table.add_column("status")
+    for axis, ranked in pred.tags.items():
+        for k, t in enumerate(ranked):
+            style = "green" if t.status == "auto" else "yellow"
+            table.add_row(axis if k == 0 else "", t.value, f"{t.score:.3f}",
+                          f"[{style}]{t.status}[/]")
+    out.print(table)
+    if pred.image_error:
+        console.print(f"[yellow]image not used:[/] {pred.image_error}")
+
+
+def evaluate(
+    dataset: Annotated[Path, typer.Option(help="Dataset manifest (YAML) with the model's axes.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: shipped).")] = None,
+    modality: Modality = Modality.both,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Evaluate a model on every row of a dataset; print a table, optionally write JSON."""
+    from shared.config import get_settings
+    from shared.ml.cache import EmbeddingCache
+    from shared.ml.predictor import Tagger
+    from shared.ml.report import evaluate_dataset, metrics_table
+
+    try:
+        cache = EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite")
+        tagger = Tagger.load(model, cache=cache)
+        report = evaluate_dataset(tagger, dataset, modality.value, show_progress=sys.stderr.isatty())
+    except TaggerError as exc:
+        raise _fail(exc) from None
+    out.print(metrics_table(
+        f"{report['model']} on {report['dataset']} (n={report['n']}, {modality.value})",
+        {modality.value: report["axes"]}))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        out.print(f"report written to {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (train, predict, evaluate):
+        app.command()(fn)

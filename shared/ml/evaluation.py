@@ -1,0 +1,63 @@
+"""Per-axis metrics: accuracy (or micro-F1), macro-F1, and precision/coverage of auto tags."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from shared.ml.labels import Axis
+
+
+def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray) -> dict:
+    """Metrics over the items labelled on ``axis``; a label the model does not know is an error."""
+    if axis.kind == "single":
+        keep = y != -1
+        p, yy = probs[keep], y[keep]
+        n = int(keep.sum())
+        if n == 0:
+            return {"n": 0}
+        top = p.argmax(1)
+        score = p.max(1)
+        unknown = len(axis.values)  # one class for every value the model never saw
+        truth = np.where(yy < 0, unknown, yy)
+        correct = top == truth
+        thr = np.array([axis.threshold(v) for v in axis.values])
+        auto = score >= thr[top]
+        present = np.union1d(np.unique(truth), np.unique(top))
+        return {
+            "n": n,
+            "accuracy": round(float(correct.mean()), 4),
+            "macro_f1": round(float(f1_score(truth, top, labels=present, average="macro",
+                                             zero_division=0)), 4),
+            "auto_precision": round(float(correct[auto].mean()), 4) if auto.any() else None,
+            "auto_coverage": round(float(auto.mean()), 4),
+        }
+    keep = (y >= 0).all(axis=1)
+    p, yy = probs[keep], y[keep]
+    n = int(keep.sum())
+    if n == 0:
+        return {"n": 0}
+    pred = (p >= 0.5).astype(int)
+    truth = (yy > 0.5).astype(int)
+    top = p.argmax(1)
+    thr = np.array([axis.threshold(v) for v in axis.values])
+    auto = p[np.arange(n), top] >= thr[top]
+    correct = truth[np.arange(n), top] == 1
+    return {
+        "n": n,
+        "micro_f1": round(float(f1_score(truth, pred, average="micro", zero_division=0)), 4),
+        "macro_f1": round(float(f1_score(truth, pred, average="macro", zero_division=0)), 4),
+        "auto_precision": round(float(correct[auto].mean()), 4) if auto.any() else None,
+        "auto_coverage": round(float(auto.mean()), 4),
+    }
+
+
+def evaluate_probs(
+    axes: list[Axis], probs: dict[str, np.ndarray], y: dict[str, np.ndarray]
+) -> dict[str, dict]:
+    return {a.name: axis_metrics(a, probs[a.name], y[a.name]) for a in axes if a.name in y}
+
+
+def headline(m: dict) -> float | None:
+    """The one number a table shows first for an axis: accuracy, or micro-F1 for multi-label."""
+    return m.get("accuracy", m.get("micro_f1"))

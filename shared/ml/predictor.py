@@ -1,0 +1,178 @@
+"""The inference API: a batch of items (text and/or image bytes) in, ranked tags per axis out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.config import Settings, get_settings
+from shared.errors import ArtifactError
+from shared.ml.artifact import Artifact, load_artifact
+from shared.ml.cache import EmbeddingCache
+from shared.ml.calibration import probabilities
+from shared.ml.features import image_features, text_features
+from shared.ml.head import FusionHead, HeadConfig
+from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
+from shared.ml.labels import Axis
+from shared.ml.text_encoder import TextEncoder
+
+AUTO, REVIEW = "auto", "review"
+
+
+@dataclass
+class Item:
+    """What the model reads about one product. Either part may be missing."""
+
+    text: str = ""
+    image: bytes | None = None
+
+
+@dataclass
+class TagScore:
+    value: str
+    score: float
+    status: str  # auto | review
+
+
+@dataclass
+class Prediction:
+    """Ranked values per axis; ``image_error`` says why the photo was not used, if it was not."""
+
+    tags: dict[str, list[TagScore]] = field(default_factory=dict)
+    modalities: tuple[str, ...] = ()
+    image_error: str | None = None
+    error: str | None = None
+
+    def top(self, axis: str) -> TagScore | None:
+        ranked = self.tags.get(axis) or []
+        return ranked[0] if ranked else None
+
+
+def build_head(manifest: dict, state: dict[str, torch.Tensor] | None = None) -> FusionHead:
+    head = FusionHead(HeadConfig(**manifest["head"]["config"]))
+    if state is not None:
+        try:
+            head.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ArtifactError(f"head weights do not match the manifest's head config: {exc}") from None
+    return head.eval()
+
+
+class Tagger:
+    """A loaded model: encoders (checked against the artifact), fusion head, calibrated axes."""
+
+    def __init__(
+        self, artifact: Artifact, text_encoder: TextEncoder, image_encoder: ImageEncoder,
+        cache: EmbeddingCache | None = None,
+    ) -> None:
+        self.artifact = artifact
+        self.manifest = artifact.manifest
+        self.version: str = artifact.version
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.cache = cache
+        self.axes = [Axis.from_json(n, d) for n, d in self.manifest["axes"].items()]
+        self.head = build_head(self.manifest, artifact.head).to(text_encoder.device)
+        self.device = text_encoder.device
+
+    @classmethod
+    def load(
+        cls, model_dir: str | Path | None = None, settings: Settings | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> Tagger:
+        """Load an artifact (the shipped default when ``model_dir`` is None) and its encoders;
+        fails with ArtifactError if the encoders here are not the ones it was trained with."""
+        s = settings or get_settings()
+        artifact = load_artifact(model_dir or s.model_dir)
+        enc = artifact.manifest["encoders"]
+        t, i = enc["text"], enc["image"]
+        text = TextEncoder(
+            s.text_model_path, device=s.device, batch_size=s.encode_batch_size,
+            max_length=t.get("max_length", 64), adapter=artifact.adapter, lora=t.get("lora"),
+        )
+        if text.base_id != t["base_id"]:
+            raise ArtifactError(
+                f"model {artifact.version} needs text encoder {t['base_id']}, "
+                f"but {text.path} is {text.base_id}"
+            )
+        if t.get("id") and text.encoder_id != t["id"]:
+            raise ArtifactError(f"text adapter of {artifact.version} does not match its manifest "
+                                f"({text.encoder_id} != {t['id']}): corrupt artifact")
+        image = ImageEncoder(
+            s.image_weights_path, arch=i["arch"],
+            preprocessing=ImagePreprocessing(**{**i["preprocessing"],
+                                                "mean": tuple(i["preprocessing"]["mean"]),
+                                                "std": tuple(i["preprocessing"]["std"])}),
+            device=s.device, batch_size=s.encode_batch_size, decode_threads=s.decode_threads,
+            max_image_bytes=s.max_image_bytes, max_image_pixels=s.max_image_pixels,
+        )
+        if image.encoder_id != i["id"]:
+            raise ArtifactError(
+                f"model {artifact.version} needs image encoder {i['id']}, but the weights here "
+                f"give {image.encoder_id}"
+            )
+        return cls(artifact, text, image, cache)
+
+    @torch.inference_mode()
+    def probabilities(
+        self, text: np.ndarray, text_mask: np.ndarray, image: np.ndarray, image_mask: np.ndarray,
+        batch_size: int = 2048,
+    ) -> dict[str, np.ndarray]:
+        """Calibrated per-axis probabilities for ready-made features."""
+        out: dict[str, list[np.ndarray]] = {a.name: [] for a in self.axes}
+        for s in range(0, len(text), batch_size):
+            sl = slice(s, s + batch_size)
+            logits = self.head(
+                torch.from_numpy(text[sl]).to(self.device),
+                torch.from_numpy(text_mask[sl]).to(self.device),
+                torch.from_numpy(image[sl]).to(self.device),
+                torch.from_numpy(image_mask[sl]).to(self.device),
+            )
+            for a in self.axes:
+                out[a.name].append(logits[a.name].float().cpu().numpy())
+        return {
+            a.name: probabilities(a, np.concatenate(out[a.name]))
+            if out[a.name] else np.zeros((0, len(a.values)))
+            for a in self.axes
+        }
+
+    def features(self, items: list[Item]) -> tuple[np.ndarray, ...]:
+        texts = [it.text or "" for it in items]
+        tx, tm = text_features(self.text_encoder, texts, self.cache)
+        images = [it.image for it in items]
+        ix, im = np.zeros((len(items), self.image_encoder.dim), np.float32), np.zeros(len(items), bool)
+        errors: list[str | None] = [None] * len(items)
+        if any(images):
+            ix, errs = self.image_encoder.encode(images)
+            im = np.array([e is None for e in errs])
+            errors = [e if images[k] is not None else None for k, e in enumerate(errs)]
+        return tx, tm, ix, im, errors
+
+    def predict(self, items: list[Item], top_k: int = 3) -> list[Prediction]:
+        """Tags for each item. An item with a broken image is tagged from its text (and the
+        reason kept in ``image_error``); one with neither gets ``error`` and no tags."""
+        if not items:
+            return []
+        tx, tm, ix, im, errors = self.features(items)
+        probs = self.probabilities(tx, tm, ix, im)
+        preds = []
+        for k in range(len(items)):
+            p = Prediction(image_error=errors[k],
+                           modalities=tuple(m for m, ok in (("text", tm[k]), ("image", im[k])) if ok))
+            if not p.modalities:
+                p.error = "no usable input: the title is empty and " + (errors[k] or "there is no image")
+                preds.append(p)
+                continue
+            for a in self.axes:
+                row = probs[a.name][k]
+                order = np.argsort(-row)[:top_k]
+                p.tags[a.name] = [
+                    TagScore(a.values[j], round(float(row[j]), 6),
+                             AUTO if row[j] >= a.threshold(a.values[j]) else REVIEW)
+                    for j in order
+                ]
+            preds.append(p)
+        return preds

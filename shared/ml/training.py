@@ -1,0 +1,210 @@
+"""``tagger train``: manifest in, calibrated model artifact and an honest report out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from shared.config import Settings, get_settings
+from shared.ml.artifact import Artifact, save_artifact
+from shared.ml.cache import EmbeddingCache
+from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
+from shared.ml.dataset import Record, content_hash, load_manifest, load_records, read_images
+from shared.ml.evaluation import evaluate_probs
+from shared.ml.features import image_features, text_features
+from shared.ml.head import FusionHead
+from shared.ml.head_training import Features, HeadTrainConfig, train_head
+from shared.ml.image_encoder import ImageEncoder
+from shared.ml.labels import Axis, build_axes, targets
+from shared.ml.split import duplicate_groups, grouped_split
+from shared.ml.text_encoder import TextEncoder
+from shared.ml.text_tuning import tune_text_encoder
+
+MODALITIES = ("text", "image", "both")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    calibration_fraction: float = 0.1  # early stopping, temperatures, thresholds
+    validation_fraction: float = 0.1  # the report only: never trained or tuned on
+    finetune_text: bool = True
+    text_epochs: int = 2
+    text_lr: float = 5e-4
+    lora_r: int = 16
+    min_value_count: int = 2  # values rarer than this in training are not learned
+    target_precision: float | None = None  # None: the settings' target
+    head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+
+
+@dataclass
+class Prepared:
+    """Everything derived from the dataset before any model runs."""
+
+    name: str
+    records: list[Record]
+    blobs: list[bytes | None]
+    parts: dict[str, np.ndarray]
+    fingerprint: str
+    missing_images: int
+
+
+def prepare(manifest_path: str | Path, cfg: TrainConfig) -> Prepared:
+    manifest = load_manifest(manifest_path)
+    records = load_records(manifest)
+    images = read_images(manifest, [r.image_ref for r in records])
+    blobs = [images.get(r.image_ref) if r.image_ref else None for r in records]
+    hashes = [content_hash(b) if b else None for b in blobs]
+    groups = duplicate_groups([r.text for r in records], hashes)
+    parts = grouped_split(
+        groups,
+        {"train": 1 - cfg.calibration_fraction - cfg.validation_fraction,
+         "calibration": cfg.calibration_fraction, "validation": cfg.validation_fraction},
+        seed=cfg.seed,
+    )
+    fp = hashlib.sha256()
+    for r, h in zip(records, hashes, strict=True):
+        fp.update(json.dumps([r.id, r.text, h, r.labels], sort_keys=True).encode())
+    missing = sum(1 for r, b in zip(records, blobs, strict=True) if r.image_ref and b is None)
+    return Prepared(manifest.name, records, blobs, parts, fp.hexdigest(), missing)
+
+
+def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig, axes) -> str:
+    h = hashlib.sha256(base_id.encode())
+    h.update(json.dumps([cfg.seed, cfg.text_epochs, cfg.text_lr, cfg.lora_r,
+                         [(a.name, a.values) for a in axes]]).encode())
+    for t in texts:
+        h.update(t.encode())
+    for a in axes:
+        h.update(np.ascontiguousarray(y[a.name]).tobytes())
+    return h.hexdigest()[:20]
+
+
+def tuned_text_encoder(
+    settings: Settings, texts: list[str], y: dict, axes: list[Axis], cfg: TrainConfig,
+    show_progress: bool,
+) -> tuple[TextEncoder, dict[str, torch.Tensor] | None]:
+    """The text encoder, LoRA-tuned on the training part; tuned adapters are cached by their
+    inputs, so re-running the same training does not tune again."""
+    enc = TextEncoder(settings.text_model_path, device=settings.device,
+                      batch_size=settings.encode_batch_size)
+    if not cfg.finetune_text:
+        return enc, None
+    lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r}
+    path = settings.cache_dir / "adapters" / (
+        _adapter_cache_key(enc.base_id, texts, y, cfg, axes) + ".safetensors")
+    if path.is_file():
+        state = load_file(str(path))
+        enc = TextEncoder(settings.text_model_path, device=settings.device,
+                          batch_size=settings.encode_batch_size, adapter=state, lora=lora)
+        return enc, state
+    state = tune_text_encoder(enc, texts, y, axes, epochs=cfg.text_epochs, lr=cfg.text_lr,
+                              seed=cfg.seed, lora=lora, show_progress=show_progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return enc, state
+
+
+def logits_to_probs(head: FusionHead, axes: list[Axis], f: Features, device) -> dict:
+    with torch.no_grad():
+        out = head(*f.tensors(np.arange(len(f.text)), device))
+    return {a.name: probabilities(a, out[a.name].float().cpu().numpy()) for a in axes}
+
+
+def train(
+    manifest_path: str | Path, out_dir: str | Path, settings: Settings | None = None,
+    cfg: TrainConfig | None = None, show_progress: bool = True,
+) -> dict:
+    """Train, calibrate, evaluate and save a model; returns the report stored in its manifest."""
+    s = settings or get_settings()
+    cfg = cfg or TrainConfig()
+    target = cfg.target_precision or s.target_precision
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    data = prepare(manifest_path, cfg)
+    recs = data.records
+    train_idx = data.parts["train"]
+    kinds = {name: spec.kind for name, spec in load_manifest(manifest_path).axes.items()}
+    axes = build_axes([recs[i] for i in train_idx], kinds, min_count=cfg.min_value_count)
+    y = {a.name: targets(recs, a) for a in axes}
+    cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    image_enc = ImageEncoder(s.image_weights_path, device=s.device,
+                             batch_size=s.encode_batch_size, decode_threads=s.decode_threads,
+                             max_image_bytes=s.max_image_bytes, max_image_pixels=s.max_image_pixels)
+    ix, im = image_features(image_enc, data.blobs, cache, show_progress)
+    timings["image_features_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    texts = [r.text for r in recs]
+    text_enc, adapter = tuned_text_encoder(
+        s, [texts[i] for i in train_idx], {a.name: y[a.name][train_idx] for a in axes}, axes, cfg,
+        show_progress)
+    timings["text_tuning_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tx, tm = text_features(text_enc, texts, cache, show_progress)
+    timings["text_features_s"] = time.perf_counter() - t0
+
+    feats = Features(tx, tm, ix, im)
+    part = {k: feats.take(v) for k, v in data.parts.items()}
+    ys = {k: {a.name: y[a.name][v] for a in axes} for k, v in data.parts.items()}
+    t0 = time.perf_counter()
+    device = text_enc.device
+    head, head_log = train_head(axes, part["train"], ys["train"], part["calibration"],
+                                ys["calibration"], cfg.head, device, show_progress)
+    timings["head_training_s"] = time.perf_counter() - t0
+
+    # Calibrate on the calibration part: temperatures first, thresholds on calibrated scores.
+    with torch.no_grad():
+        cal_logits = head(*part["calibration"].tensors(np.arange(len(data.parts["calibration"])),
+                                                       device))
+    for a in axes:
+        lg = cal_logits[a.name].float().cpu().numpy()
+        a.temperature = fit_temperature(a, lg, ys["calibration"][a.name])
+        fit_thresholds(a, probabilities(a, lg), ys["calibration"][a.name], target)
+
+    report = {
+        m: evaluate_probs(axes, logits_to_probs(head, axes, part["validation"].only(m), device),
+                          ys["validation"])
+        for m in MODALITIES
+    }
+    timings["total_s"] = time.perf_counter() - started
+    created = datetime.now(UTC)
+    version = f"{data.name}-{created:%Y%m%d%H%M%S}-{data.fingerprint[:6]}"
+    manifest = {
+        "version": version,
+        "created_at": created.isoformat(timespec="seconds"),
+        "encoders": {
+            "text": {"base_id": text_enc.base_id, "id": text_enc.encoder_id,
+                     "name": text_enc.name, "dim": text_enc.dim, "max_length": text_enc.max_length,
+                     "pooling": "mean", "normalise": True,
+                     "lora": text_enc.lora if adapter is not None else None},
+            "image": {"id": image_enc.encoder_id, "arch": image_enc.arch,
+                      "dim": image_enc.dim, "preprocessing": asdict(image_enc.pre)},
+        },
+        "head": {"config": head.cfg.to_json()},
+        "axes": {a.name: a.to_json() for a in axes},
+        "target_precision": target,
+        "metrics": {"split": "validation", "modalities": report},
+        "training": {
+            "dataset": data.name, "fingerprint": data.fingerprint,
+            "n": {k: int(len(v)) for k, v in data.parts.items()},
+            "missing_images": data.missing_images,
+            "config": asdict(cfg), "head_log": head_log,
+            "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        },
+    }
+    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter))
+    cache.close()
+    return manifest
