@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,13 +18,13 @@ console = Console(stderr=True)
 out = Console()
 
 
-class Modality(str, Enum):
+class Modality(StrEnum):
     text = "text"
     image = "image"
     both = "both"
 
 
-class Fusion(str, Enum):
+class Fusion(StrEnum):
     gated = "gated"
     concat = "concat"
 

@@ -224,7 +224,7 @@ _SPACE = re.compile(r"[^0-9a-z]+")
 
 def normalise_title(text: str) -> str:
     """Lower-case alphanumerics only: 'Nike Men's T-Shirt' and 'nike mens t shirt' group together."""
-    return _SPACE.sub(" ", text.lower()).strip()
+    return _SPACE.sub(" ", text.lower().replace("'", "").replace("\u2019", "")).strip()
 
 
 def content_hash(data: bytes | str) -> str:

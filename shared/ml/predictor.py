@@ -13,7 +13,7 @@ from shared.errors import ArtifactError
 from shared.ml.artifact import Artifact, load_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import probabilities
-from shared.ml.features import image_features, text_features
+from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
 from shared.ml.labels import Axis

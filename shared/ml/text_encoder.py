@@ -12,6 +12,7 @@ import torch
 from shared.errors import ArtifactError
 from shared.ml.device import autocast, resolve_device
 
+DEFAULT_NAME = "all-MiniLM-L6-v2"
 LORA_TARGETS = ["query", "key", "value", "dense"]
 
 
@@ -76,7 +77,7 @@ class TextEncoder:
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        self.name = self.path.name if self.path.name != "model" else self.path.parent.name
+        self.name = DEFAULT_NAME if path is None else self.path.name
         self.base_id = f"hf:{self.name}@{_folder_digest(self.path)}"
         self.dim = int(self.model.config.hidden_size)
         self.lora = lora
