@@ -47,6 +47,42 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Largest decoded image (width x height): bomb guard."
     )
 
+    # --- pipeline (issue 3) -------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///var/tagger.db",
+        description="SQLAlchemy URL; production: postgresql+psycopg://user:pass@host/db.",
+    )
+    broker_url: str = Field(
+        "memory://",
+        description="Celery broker; 'memory://' runs the worker in-process (demo); production: "
+        "redis://host:6379/0.",
+    )
+    tagging_queue: str = Field("tagging", description="Queue the batched tagging task consumes.")
+    batch_size: int = Field(32, ge=1, description="Events per worker batch (celery-batches flush_every).")
+    flush_interval_s: float = Field(
+        0.25, gt=0, description="Longest wait before a partial batch runs (flush_interval)."
+    )
+    max_attempts: int = Field(3, ge=1, description="Deliveries of an event before it is dead-lettered.")
+    visibility_timeout_s: int = Field(
+        3600, ge=1, description="Redis: seconds before an unacked message is redelivered."
+    )
+    image_hosts: list[str] = Field(
+        default_factory=list, description="Hosts that https:// image URIs may name (JSON list)."
+    )
+    image_buckets: list[str] = Field(
+        default_factory=list, description="S3 buckets that s3:// image URIs may name; empty = any."
+    )
+    allow_file_uris: bool = Field(False, description="Accept file:// image URIs (dev and demo only).")
+    allow_private_addresses: bool = Field(
+        False, description="Let https:// image hosts resolve to private/loopback addresses."
+    )
+    fetch_timeout_s: float = Field(5.0, gt=0, description="Per-image fetch timeout.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
+    flower_user: str = Field("admin", description="Flower basic-auth user.")
+    flower_password: str | None = Field(
+        None, description="Flower basic-auth password; Flower refuses to start without one."
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
