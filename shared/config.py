@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         False, description="Let https:// image hosts resolve to private/loopback addresses."
     )
     fetch_timeout_s: float = Field(5.0, gt=0, description="Per-image fetch timeout.")
+    fetch_ca_bundle: str | None = Field(
+        None, description="CA bundle for https:// image hosts (a private CA); default: system CAs."
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: str | None = Field(

@@ -1,0 +1,36 @@
+"""The Celery app: Redis (or in-memory for the demo), JSON only, acks after the batch commits."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.config import Settings, get_settings
+from shared.events import TAG_TASK
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """Build the app from settings. Prefetch is twice the batch so the next batch fills while
+    one runs (FIELD-NOTES: prefetch x concurrency must exceed flush_every)."""
+    s = settings or get_settings()
+    app = Celery("tagger", broker=s.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_default_queue=s.tagging_queue,
+        task_routes={TAG_TASK: {"queue": s.tagging_queue}},
+        worker_prefetch_multiplier=2 * s.batch_size,
+        broker_transport_options={"visibility_timeout": s.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = create_app()
