@@ -34,3 +34,6 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+# Connect the start-up signals before any worker can send them.
+import workers.signals  # noqa: E402,F401

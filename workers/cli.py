@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import typer
 
+from shared import publish_commands
+from shared.db import commands as db_commands
 from shared.ml import commands as model_commands
+from workers import commands as pipeline_commands
 
 app = typer.Typer(
     name="tagger", no_args_is_help=True, add_completion=False,
     help="Tag e-commerce products from their title and photo.",
 )
 model_commands.register(app)
+publish_commands.register(app)
+db_commands.register(app)
+pipeline_commands.register(app)
 
 
 def main() -> None:

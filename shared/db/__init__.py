@@ -1,0 +1,1 @@
+"""The database layer: declarative base, models, engine/session handling, query helpers, migrations."""

@@ -1,0 +1,61 @@
+"""Typer commands for the database: ``tagger db upgrade`` and ``tagger db current``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from alembic.util import CommandError
+from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.errors import TaggerError
+
+console = Console(stderr=True)
+out = Console()
+
+db_app = typer.Typer(
+    no_args_is_help=True,
+    help="Database schema: apply migrations, show the revision (URL from TAGGER_DATABASE_URL).",
+)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    # SQLAlchemy hides the password when it prints a URL; the message names host and database.
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=2)
+
+
+@db_app.command()
+def upgrade(
+    revision: Annotated[str, typer.Option(help="Revision to migrate to.")] = "head",
+) -> None:
+    """Apply migrations up to a revision (default: head); safe to repeat."""
+    from shared.db import migrate
+
+    try:
+        migrate.upgrade(revision=revision)
+        at = migrate.current()
+    except (TaggerError, CommandError, SQLAlchemyError) as exc:
+        raise _fail(exc) from exc
+    out.print(f"database at {', '.join(at) or 'base'}")
+
+
+@db_app.command()
+def current() -> None:
+    """Print the database's revision and whether it is the newest one; exit 1 when behind."""
+    from shared.db import migrate
+
+    try:
+        at, newest = migrate.current(), migrate.head()
+    except (TaggerError, CommandError, SQLAlchemyError) as exc:
+        raise _fail(exc) from exc
+    up_to_date = at == ((newest,) if newest else ())
+    out.print(f"{', '.join(at) or 'base'} ({'head' if up_to_date else f'behind: head is {newest}'})")
+    if not up_to_date:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``db`` group to the root ``tagger`` command."""
+    app.add_typer(db_app, name="db")

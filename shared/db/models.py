@@ -1,0 +1,131 @@
+"""Tables of the tagger: products and their tags, tagging events, dead letters, model versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from shared.db.base import Base, utcnow
+
+TAG_STATUSES = ("auto", "review", "confirmed", "rejected")
+MODEL_TAG_STATUSES = ("auto", "review")
+HUMAN_TAG_STATUSES = ("confirmed", "rejected")
+TAG_SOURCES = ("model", "human")
+EVENT_STATUSES = ("received", "tagged", "failed", "dead")
+MODEL_VERSION_STATUSES = ("candidate", "live", "retired", "rejected")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    """SQL for a CHECK that pins a text column to a fixed set (portable, unlike native enums)."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Product(Base):
+    """One product as last uploaded; ``last_event_at`` orders uploads so a late redelivery cannot win."""
+
+    __tablename__ = "products"
+
+    product_id: Mapped[str] = mapped_column(primary_key=True)
+    seller_id: Mapped[str]
+    title: Mapped[str]
+    description: Mapped[str | None]
+    image_uri: Mapped[str | None]
+    locale: Mapped[str | None]
+    content_hash: Mapped[str]
+    last_event_at: Mapped[datetime]
+    model_version: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    tags: Mapped[list[ProductTag]] = relationship(
+        back_populates="product", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ProductTag(Base):
+    """A tag on a product; ``source='human'`` rows are decisions the model never overwrites."""
+
+    __tablename__ = "product_tags"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("status", TAG_STATUSES), name="status"),
+        sa.CheckConstraint(_one_of("source", TAG_SOURCES), name="source"),
+        # The model proposes (auto/review), a person decides (confirmed/rejected): the write paths
+        # rely on source alone to know what they may replace.
+        sa.CheckConstraint(
+            f"(source = 'model' AND {_one_of('status', MODEL_TAG_STATUSES)})"
+            f" OR (source = 'human' AND {_one_of('status', HUMAN_TAG_STATUSES)})",
+            name="source_status",
+        ),
+        sa.Index(None, "axis", "value", "status"),
+    )
+
+    product_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("products.product_id", ondelete="CASCADE"), primary_key=True
+    )
+    axis: Mapped[str] = mapped_column(primary_key=True)
+    value: Mapped[str] = mapped_column(primary_key=True)
+    score: Mapped[float] = mapped_column(sa.Float())
+    status: Mapped[str]
+    source: Mapped[str]
+    model_version: Mapped[str | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    product: Mapped[Product] = relationship(back_populates="tags")
+
+
+class TaggingEvent(Base):
+    """One ``product.uploaded`` event; keyed by event_id so a redelivery updates, never duplicates."""
+
+    __tablename__ = "tagging_events"
+    __table_args__ = (sa.CheckConstraint(_one_of("status", EVENT_STATUSES), name="status"),)
+
+    event_id: Mapped[str] = mapped_column(primary_key=True)
+    # No foreign key: a failure is recorded even when the product never got written.
+    product_id: Mapped[str] = mapped_column(index=True)
+    status: Mapped[str]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None]
+    image_error: Mapped[str | None]
+    model_version: Mapped[str | None]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class DeadLetter(Base):
+    """A message given up on, kept verbatim with the reason; at most one row per event_id."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    # Nullable: a malformed message may carry no event_id (NULLs never collide in a unique index).
+    event_id: Mapped[str | None] = mapped_column(unique=True)
+    payload: Mapped[str]
+    reason: Mapped[str]
+    attempts: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """A registered model artifact and where it is in its life: candidate, live, retired or rejected."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("status", MODEL_VERSION_STATUSES), name="status"),
+        # Workers hot-swap to "the live model": two live rows would make that ambiguous. Promote by
+        # retiring the old row first, then marking the new one live, in one transaction.
+        sa.Index("ix_model_versions_one_live", "status", unique=True,
+                 postgresql_where=sa.text("status = 'live'"), sqlite_where=sa.text("status = 'live'")),
+    )
+
+    version: Mapped[str] = mapped_column(primary_key=True)
+    uri: Mapped[str]
+    status: Mapped[str]
+    parent_version: Mapped[str | None]
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    label_watermark: Mapped[datetime | None]
+    reason: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None]

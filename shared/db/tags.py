@@ -1,0 +1,308 @@
+"""Writes and reads of tags: the batch upsert behind "exactly-once effect under at-least-once delivery".
+
+Every helper takes the session first and never commits: the task that owns the batch commits once,
+then acks, so a redelivered batch re-applies to the same rows and changes nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.db.base import utcnow
+from shared.db.models import (
+    HUMAN_TAG_STATUSES,
+    MODEL_TAG_STATUSES,
+    DeadLetter,
+    Product,
+    ProductTag,
+    TaggingEvent,
+)
+
+_CHUNK = 500  # keys per IN (...) list: well under SQLite's and Postgres's bound-parameter limits
+_products = cast(sa.Table, Product.__table__)
+_tags = cast(sa.Table, ProductTag.__table__)
+_events = cast(sa.Table, TaggingEvent.__table__)
+_dead_letters = cast(sa.Table, DeadLetter.__table__)
+
+
+class ModelTag(NamedTuple):
+    """One tag the model proposes: ``status`` is ``auto`` (applied) or ``review`` (below threshold)."""
+
+    axis: str
+    value: str
+    score: float
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaggingResult:
+    """The outcome of one event, ready to write; validated here so a bad item fails before the batch."""
+
+    event_id: str
+    product_id: str
+    seller_id: str
+    title: str
+    description: str | None
+    image_uri: str | None
+    locale: str | None
+    occurred_at: datetime
+    content_hash: str
+    model_version: str | None
+    tags: Sequence[tuple[str, str, float, str]] = ()
+    status: str = "tagged"  # or "failed": only the event row is written, the product is left alone
+    error: str | None = None
+    image_error: str | None = None  # the image failed but the text still gave tags
+    attempts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.status not in ("tagged", "failed"):
+            raise ValueError(f"event {self.event_id}: status must be tagged or failed, not {self.status!r}")
+        if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:
+            raise ValueError(f"event {self.event_id}: occurred_at must be timezone-aware")
+        if self.attempts < 0:
+            raise ValueError(f"event {self.event_id}: attempts must be >= 0")
+        tags = tuple(ModelTag(*tag) for tag in self.tags)
+        for tag in tags:
+            if tag.status not in MODEL_TAG_STATUSES:
+                raise ValueError(f"event {self.event_id}: tag status {tag.status!r} is not auto or review")
+            if not math.isfinite(tag.score):
+                raise ValueError(f"event {self.event_id}: tag {tag.axis}={tag.value} has score {tag.score}")
+        object.__setattr__(self, "tags", tags)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What a batch changed, for the batch's log line: products written, events stale or failed."""
+
+    applied: tuple[str, ...]
+    stale: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+def _insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that supports ON CONFLICT on the session's dialect."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"upserts are written for postgresql and sqlite, not {name}")
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _dedupe_events(results: Sequence[TaggingResult]) -> list[TaggingResult]:
+    """One result per event_id, sorted: prefer a success, then more attempts, then the later copy."""
+    best: dict[str, tuple[tuple[bool, int, int], TaggingResult]] = {}
+    for index, result in enumerate(results):
+        rank = (result.status == "tagged", result.attempts, index)
+        current = best.get(result.event_id)
+        if current is None or rank > current[0]:
+            best[result.event_id] = (rank, result)
+    return [best[event_id][1] for event_id in sorted(best)]
+
+
+def _latest_per_product(results: Iterable[TaggingResult]) -> dict[str, TaggingResult]:
+    """The newest upload of each product in the batch; ties broken by event_id so order never matters."""
+    latest: dict[str, TaggingResult] = {}
+    for result in results:
+        current = latest.get(result.product_id)
+        if current is None or (result.occurred_at, result.event_id) > (current.occurred_at, current.event_id):
+            latest[result.product_id] = result
+    return latest
+
+
+def _upsert_products(session: Session, results: Sequence[TaggingResult], now: datetime) -> set[str]:
+    """Insert or update products; an update only lands when the upload is not older than the stored one.
+
+    Returns the product ids written. The row lock the upsert takes also serialises the tag
+    replacement that follows, so two workers on one product cannot interleave their tags.
+    """
+    if not results:
+        return set()
+    stmt = _insert(session, _products)
+    excluded = stmt.excluded
+    updated = ("seller_id", "title", "description", "image_uri", "locale", "content_hash",
+               "last_event_at", "model_version", "updated_at")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_products.c.product_id],
+        set_={name: excluded[name] for name in updated},
+        # Equal times re-apply (a redelivery writes the same values again); older ones are stale.
+        where=_products.c.last_event_at <= excluded.last_event_at,
+    ).returning(_products.c.product_id)
+    rows = [
+        {"product_id": r.product_id, "seller_id": r.seller_id, "title": r.title,
+         "description": r.description, "image_uri": r.image_uri, "locale": r.locale,
+         "content_hash": r.content_hash, "last_event_at": r.occurred_at,
+         "model_version": r.model_version, "created_at": now, "updated_at": now}
+        for r in sorted(results, key=lambda r: r.product_id)
+    ]
+    return set(session.execute(stmt, rows).scalars())
+
+
+def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now: datetime) -> None:
+    """Replace the products' model tags with the new ones; human rows are neither touched nor shadowed."""
+    product_ids = sorted(r.product_id for r in results)
+    for chunk in _chunks(product_ids):
+        session.execute(
+            sa.delete(_tags).where(_tags.c.product_id.in_(chunk), _tags.c.source == "model")
+        )
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for result in results:
+        for tag in cast(tuple[ModelTag, ...], result.tags):
+            key = (result.product_id, tag.axis, tag.value)
+            if key in rows and rows[key]["score"] >= tag.score:
+                continue  # the model named the same tag twice: keep the higher score
+            rows[key] = {"product_id": result.product_id, "axis": tag.axis, "value": tag.value,
+                         "score": float(tag.score), "status": tag.status, "source": "model",
+                         "model_version": result.model_version, "updated_at": now}
+    if not rows:
+        return
+    # After the delete only human rows can conflict, and a human decision always wins.
+    stmt = _insert(session, _tags).on_conflict_do_nothing(
+        index_elements=[_tags.c.product_id, _tags.c.axis, _tags.c.value]
+    )
+    session.execute(stmt, [rows[key] for key in sorted(rows)])
+
+
+def _upsert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert or update tagging_events by event_id; a failure never demotes a tagged or dead event."""
+    stmt = _insert(session, _events)
+    excluded = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_events.c.event_id],
+        set_={
+            "product_id": excluded.product_id,
+            "status": excluded.status,
+            # Attempts only grow, whatever order the deliveries are written in.
+            "attempts": sa.case((excluded.attempts > _events.c.attempts, excluded.attempts),
+                                else_=_events.c.attempts),
+            "last_error": excluded.last_error,
+            "image_error": excluded.image_error,
+            "model_version": excluded.model_version,
+            "finished_at": excluded.finished_at,
+        },
+        # Plain comparisons, not NOT IN: an expanding IN list cannot be used in an executemany.
+        where=sa.or_(excluded.status != "failed",
+                     sa.and_(_events.c.status != "tagged", _events.c.status != "dead")),
+    )
+    session.execute(stmt, sorted(rows, key=lambda row: row["event_id"]))
+
+
+def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutcome:
+    """Write a batch's effects (products, model tags, event rows); idempotent, never commits.
+
+    Re-applying the same results leaves the same rows. A result older than the product's stored
+    upload is stale: its event is recorded as tagged and nothing else changes. A failed result
+    only records its event. Rows are de-duplicated and written in key order (deadlock avoidance).
+    """
+    if not results:
+        return BatchOutcome(applied=(), stale=(), failed=())
+    now = utcnow()
+    events = _dedupe_events(results)
+    tagged = [r for r in events if r.status == "tagged"]
+    latest = _latest_per_product(tagged)
+    written = _upsert_products(session, list(latest.values()), now)
+    _replace_model_tags(session, [latest[product_id] for product_id in sorted(written)], now)
+    _upsert_events(session, [
+        {"event_id": r.event_id, "product_id": r.product_id, "status": r.status, "attempts": r.attempts,
+         "last_error": r.error, "image_error": r.image_error, "model_version": r.model_version,
+         "received_at": now, "finished_at": now}
+        for r in events
+    ])
+    return BatchOutcome(
+        applied=tuple(sorted(written)),
+        stale=tuple(r.event_id for r in tagged
+                    if r.product_id not in written or latest[r.product_id] is not r),
+        failed=tuple(r.event_id for r in events if r.status == "failed"),
+    )
+
+
+def record_failure(session: Session, event_id: str, product_id: str, error: str, attempts: int) -> None:
+    """Mark an event failed with its error (inserting the row if missing); a tagged event stays tagged."""
+    now = utcnow()
+    _upsert_events(session, [
+        {"event_id": event_id, "product_id": product_id, "status": "failed", "attempts": attempts,
+         "last_error": error, "image_error": None, "model_version": None,
+         "received_at": now, "finished_at": now}
+    ])
+
+
+def record_dead_letter(
+    session: Session, event_id: str | None, payload: str, reason: str, attempts: int
+) -> int:
+    """Keep a message given up on and mark its event dead; one row per event_id, so a retry adds none.
+
+    Returns the dead letter's id. Messages without an event_id cannot be de-duplicated and each
+    call adds a row.
+    """
+    now = utcnow()
+    stmt = _insert(session, _dead_letters).values(
+        event_id=event_id, payload=payload, reason=reason, attempts=attempts, created_at=now
+    )
+    excluded = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_dead_letters.c.event_id],
+        set_={"payload": excluded.payload, "reason": excluded.reason, "attempts": excluded.attempts},
+    )
+    dead_letter_id = session.execute(stmt.returning(_dead_letters.c.id)).scalar_one()
+    if event_id is not None:
+        session.execute(
+            sa.update(_events).where(_events.c.event_id == event_id)
+            .values(status="dead", last_error=reason, attempts=attempts, finished_at=now)
+        )
+    return int(dead_letter_id)
+
+
+def record_human_decision(
+    session: Session, product_id: str, axis: str, value: str, status: str, *, score: float | None = None
+) -> None:
+    """Store a person's confirmed/rejected decision on a tag; the model never overwrites it afterwards."""
+    if status not in HUMAN_TAG_STATUSES:
+        raise ValueError(f"a human decision is confirmed or rejected, not {status!r}")
+    now = utcnow()
+    stmt = _insert(session, _tags).values(
+        product_id=product_id, axis=axis, value=value, status=status, source="human",
+        score=score if score is not None else (1.0 if status == "confirmed" else 0.0), updated_at=now,
+    )
+    excluded = stmt.excluded
+    set_: dict[str, Any] = {
+        "status": excluded.status, "source": excluded.source, "updated_at": excluded.updated_at
+    }
+    if score is not None:  # otherwise keep the model's score: it is still what the model believed
+        set_["score"] = excluded.score
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=[_tags.c.product_id, _tags.c.axis, _tags.c.value], set_=set_
+    ))
+
+
+def tags_for_product(session: Session, product_id: str) -> list[ProductTag]:
+    """Every tag row of one product (model and human), ordered by axis and value."""
+    return list(session.scalars(
+        sa.select(ProductTag).where(ProductTag.product_id == product_id)
+        .order_by(ProductTag.axis, ProductTag.value)
+    ))
+
+
+def products_with_tag(
+    session: Session, axis: str, value: str, *, statuses: Sequence[str] = ("auto", "confirmed"),
+    limit: int = 100, after: str | None = None,
+) -> list[str]:
+    """Product ids carrying a tag in the given statuses, by id; page with ``after`` (keyset)."""
+    query = sa.select(ProductTag.product_id).where(
+        ProductTag.axis == axis, ProductTag.value == value, ProductTag.status.in_(list(statuses))
+    )
+    if after is not None:
+        query = query.where(ProductTag.product_id > after)
+    return list(session.scalars(query.order_by(ProductTag.product_id).limit(limit)))

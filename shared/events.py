@@ -1,0 +1,90 @@
+"""The ``product.uploaded`` v1 event: the one contract between seller services and the tagging workers.
+
+Producers validate with it before sending and the worker validates again on receipt, so a message
+that reaches the queue has the same shape everywhere. Unknown fields are rejected (a typo such as
+``imageUri`` must not silently drop the photo), and every error names its field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+# The Celery task name the worker registers; producers send to it by name so they never import workers/.
+TAG_TASK = "tagger.tag_product"
+EVENT_TYPE = "product.uploaded"
+IMAGE_SCHEMES = ("s3", "https", "file")
+
+# Ids are opaque, but a blank one would make every blank-id event the "same" event to the dedupe.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+Locale = Annotated[str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{1,8})*$")]
+
+
+class ProductUploaded(BaseModel):
+    """A seller created or changed a product; ``event_id`` makes redelivery idempotent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["product.uploaded"] = EVENT_TYPE
+    version: Literal[1] = 1
+    event_id: Id = Field(description="Idempotency key: the same id is tagged at most once.")
+    product_id: Id
+    seller_id: Id
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    description: Annotated[str, Field(max_length=10_000)] | None = None
+    image_uri: Annotated[str, Field(max_length=2048)] | None = Field(
+        None, description="s3://bucket/key, https://host/path or file:///path (the worker decides "
+        "whether hosts, buckets and file:// are allowed).",
+    )
+    locale: Locale | None = Field(None, description="BCP 47-like tag, e.g. 'en-IN'.")
+    occurred_at: AwareDatetime = Field(description="When the upload happened; must carry a timezone.")
+
+    @field_validator("image_uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        """Reject schemes the fetcher has no safe path for (http, ftp, data:, …) at the producer."""
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        scheme = parts.scheme.lower()
+        if scheme not in IMAGE_SCHEMES:
+            shown = f"'{scheme}'" if scheme else "missing"
+            raise ValueError(f"scheme {shown} is not allowed; use s3://, https:// or file://")
+        if scheme in ("s3", "https") and not parts.netloc:
+            raise ValueError(f"{scheme}:// URI needs a {'bucket' if scheme == 's3' else 'host'}")
+        if scheme == "s3" and not parts.path.strip("/"):
+            raise ValueError("s3:// URI needs a key after the bucket")
+        if scheme == "file" and not parts.path:
+            raise ValueError("file:// URI needs a path")
+        return value
+
+
+_FRIENDLY = {
+    "extra_forbidden": "unknown field (not part of product.uploaded v1)",
+    "missing": "required field is missing",
+}
+# A regex in an error message helps nobody; say what was expected instead.
+_PATTERN_REASONS = {"locale": "expected a language tag like 'en-IN'"}
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """Turn a pydantic error into ``"field: reason"`` lines an operator can act on without a traceback."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "event"
+        if err["type"] == "string_pattern_mismatch":
+            reason = _PATTERN_REASONS.get(field, "must not be blank")
+        else:
+            reason = _FRIENDLY.get(err["type"]) or err["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {reason}")
+    return lines

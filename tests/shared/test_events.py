@@ -1,0 +1,127 @@
+"""The product.uploaded v1 contract: what producers may send, and how a rejection reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from shared.events import TAG_TASK, ProductUploaded, format_errors
+
+GOOD = {
+    "event_id": "evt-1",
+    "product_id": "sku-1",
+    "seller_id": "seller-9",
+    "title": "Nike Men Navy Blue Running Shoes",
+    "occurred_at": "2025-06-01T10:00:00+05:30",
+}
+
+
+def errors_for(**changes: object) -> list[str]:
+    """Validate GOOD with changes applied (None removes a key) and return the formatted errors."""
+    data = {k: v for k, v in {**GOOD, **changes}.items() if v is not None}
+    with pytest.raises(ValidationError) as info:
+        ProductUploaded.model_validate(data)
+    return format_errors(info.value)
+
+
+def test_minimal_event_gets_type_and_version_and_round_trips_through_json() -> None:
+    event = ProductUploaded.model_validate(GOOD)
+    assert (event.type, event.version) == ("product.uploaded", 1)
+    assert event.description is None and event.image_uri is None and event.locale is None
+    assert event.occurred_at.utcoffset() == timedelta(hours=5, minutes=30)
+    assert ProductUploaded.model_validate(event.model_dump(mode="json")) == event
+    assert ProductUploaded.model_validate_json(event.model_dump_json()) == event
+
+
+def test_full_event_is_accepted_and_title_is_stripped() -> None:
+    event = ProductUploaded(
+        event_id="e", product_id="p", seller_id="s", title="  Red kurta \n", description="cotton",
+        image_uri="s3://catalogue/images/p.jpg", locale="en-IN",
+        occurred_at=datetime(2025, 6, 1, tzinfo=UTC),
+    )
+    assert event.title == "Red kurta"
+    assert event.model_dump(mode="json")["occurred_at"] == "2025-06-01T00:00:00Z"
+
+
+def test_unknown_field_is_rejected_and_named() -> None:
+    assert errors_for(colour="red") == ["colour: unknown field (not part of product.uploaded v1)"]
+
+
+@pytest.mark.parametrize("field", ["event_id", "product_id", "seller_id", "title", "occurred_at"])
+def test_required_fields_are_named_when_missing(field: str) -> None:
+    assert errors_for(**{field: None}) == [f"{field}: required field is missing"]
+
+
+def test_title_length_limits() -> None:
+    assert ProductUploaded.model_validate({**GOOD, "title": "x" * 500}).title == "x" * 500
+    assert errors_for(title="x" * 501) == ["title: String should have at most 500 characters"]
+    assert errors_for(title="   ")[0].startswith("title: String should have at least 1 character")
+
+
+def test_description_limit() -> None:
+    assert ProductUploaded.model_validate({**GOOD, "description": "d" * 10_000}).description
+    assert errors_for(description="d" * 10_001)[0].startswith("description: String should have at most")
+
+
+@pytest.mark.parametrize("field", ["event_id", "product_id", "seller_id"])
+def test_ids_are_bounded_and_not_blank(field: str) -> None:
+    assert errors_for(**{field: "i" * 201})[0].startswith(f"{field}: String should have at most 200")
+    assert errors_for(**{field: "  "}) == [f"{field}: must not be blank"]
+
+
+def test_naive_timestamp_is_rejected() -> None:
+    assert errors_for(occurred_at="2025-06-01T10:00:00") == ["occurred_at: Input should have timezone info"]
+    with pytest.raises(ValidationError):
+        ProductUploaded(**{**GOOD, "occurred_at": datetime(2025, 6, 1)})
+
+
+def test_aware_timestamp_keeps_its_offset() -> None:
+    brasilia = timezone(timedelta(hours=-3))
+    event = ProductUploaded(**{**GOOD, "occurred_at": datetime(2025, 6, 1, tzinfo=brasilia)})
+    assert event.occurred_at.utcoffset() == timedelta(hours=-3)
+
+
+@pytest.mark.parametrize("uri", [
+    "s3://catalogue/a/b.jpg", "https://cdn.example.com/p/1.jpg", "HTTPS://cdn.example.com/x", "file:///tmp/p.jpg",
+])
+def test_allowed_image_uri_schemes(uri: str) -> None:
+    assert ProductUploaded.model_validate({**GOOD, "image_uri": uri}).image_uri == uri
+
+
+@pytest.mark.parametrize(("uri", "reason"), [
+    ("http://cdn.example.com/p.jpg", "scheme 'http' is not allowed; use s3://, https:// or file://"),
+    ("ftp://host/p.jpg", "scheme 'ftp' is not allowed; use s3://, https:// or file://"),
+    ("data:image/png;base64,AAAA", "scheme 'data' is not allowed; use s3://, https:// or file://"),
+    ("images/p.jpg", "scheme missing is not allowed; use s3://, https:// or file://"),
+    ("https:///p.jpg", "https:// URI needs a host"),
+    ("s3://catalogue", "s3:// URI needs a key after the bucket"),
+])
+def test_bad_image_uri_is_rejected_with_the_reason(uri: str, reason: str) -> None:
+    assert errors_for(image_uri=uri) == [f"image_uri: {reason}"]
+
+
+def test_locale_must_look_like_a_language_tag() -> None:
+    assert ProductUploaded.model_validate({**GOOD, "locale": "zh-Hant-TW"}).locale == "zh-Hant-TW"
+    assert errors_for(locale="English please") == ["locale: expected a language tag like 'en-IN'"]
+
+
+def test_other_types_and_versions_are_rejected() -> None:
+    assert errors_for(version=2) == ["version: Input should be 1"]
+    assert errors_for(type="product.deleted") == ["type: Input should be 'product.uploaded'"]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    errors = errors_for(title="x" * 501, occurred_at="2025-01-01T00:00:00", image_uri="http://h/p", extra=1)
+    assert [e.split(":")[0] for e in errors] == ["title", "image_uri", "occurred_at", "extra"]
+
+
+def test_events_are_immutable() -> None:
+    event = ProductUploaded.model_validate(GOOD)
+    with pytest.raises(ValidationError):
+        event.title = "changed"  # type: ignore[misc]
+
+
+def test_task_name_is_the_workers_contract() -> None:
+    assert TAG_TASK == "tagger.tag_product"
