@@ -92,6 +92,7 @@ class Tagger:
         text = TextEncoder(
             s.text_model_path, device=s.device, batch_size=s.encode_batch_size,
             max_length=t.get("max_length", 64), adapter=artifact.adapter, lora=t.get("lora"),
+            include_base=bool(t.get("include_base")),
         )
         if text.base_id != t["base_id"]:
             raise ArtifactError(

@@ -64,6 +64,7 @@ class TextEncoder:
         max_length: int = 64,
         adapter: dict[str, torch.Tensor] | None = None,
         lora: dict | None = None,
+        include_base: bool = False,
     ) -> None:
         # Offline by construction: a local folder, and the hub is never consulted.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,7 +80,10 @@ class TextEncoder:
         self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
         self.name = DEFAULT_NAME if path is None else self.path.name
         self.base_id = f"hf:{self.name}@{_folder_digest(self.path)}"
-        self.dim = int(self.model.config.hidden_size)
+        self.hidden = int(self.model.config.hidden_size)
+        # With adapters, also emit the untuned embedding: tuning sharpens type and colour but
+        # memorises noisy axes (season); the head picks per axis (docs/MODEL.md).
+        self.include_base = include_base
         self.lora = lora
         self.adapter_id: str | None = None
         if adapter is not None:
@@ -87,8 +91,17 @@ class TextEncoder:
         self.model.eval().to(self.device)
 
     @property
+    def dual(self) -> bool:
+        return self.include_base and self.adapter_id is not None
+
+    @property
+    def dim(self) -> int:
+        return self.hidden * (2 if self.dual else 1)
+
+    @property
     def encoder_id(self) -> str:
-        return self.base_id + (f"+lora:{self.adapter_id}" if self.adapter_id else "")
+        tuned = f"+lora:{self.adapter_id}" if self.adapter_id else ""
+        return self.base_id + tuned + ("+base" if self.dual else "")
 
     def attach_lora(
         self, lora: dict, trainable: bool = True, state: dict[str, torch.Tensor] | None = None
@@ -106,8 +119,8 @@ class TextEncoder:
                 raise ArtifactError(f"adapter weights do not fit the text encoder: "
                                     f"{result.unexpected_keys[:3]}")
             self.adapter_id = tensors_digest(state)
-        if trainable:
-            self.model = peft_model
+        if trainable or self.include_base:
+            self.model = peft_model  # unmerged: the base embedding is one disable_adapter() away
         else:
             # Merged weights: inference costs exactly what the base model costs.
             self.model = peft_model.merge_and_unload()
@@ -120,7 +133,11 @@ class TextEncoder:
     def finish_training(self) -> dict[str, torch.Tensor]:
         """Freeze the tuned adapters into the weights; returns them for the artifact."""
         state = self.adapter_state()
-        self.model = self.model.merge_and_unload().eval()
+        if not self.include_base:
+            self.model = self.model.merge_and_unload()
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
         self.adapter_id = tensors_digest(state)
         return state
 
@@ -139,11 +156,16 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised."""
         self.model.eval()
+        norm = torch.nn.functional.normalize
         chunks = []
         for s in range(0, len(texts), self.batch_size):
+            batch = self.tokenize(list(texts[s : s + self.batch_size]))
             with autocast(self.device):
-                v = self.forward(self.tokenize(list(texts[s : s + self.batch_size])))
-            chunks.append(torch.nn.functional.normalize(v.float(), dim=-1).cpu().numpy())
+                v = norm(self.forward(batch).float(), dim=-1)
+                if self.dual:
+                    with self.model.disable_adapter():
+                        v = torch.cat([v, norm(self.forward(batch).float(), dim=-1)], dim=-1)
+            chunks.append(v.cpu().numpy())
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks)

@@ -39,6 +39,7 @@ class TrainConfig:
     finetune_text: bool = True
     text_epochs: int = 2
     text_lr: float = 5e-4
+    text_include_base: bool = True  # head reads [tuned ‖ untuned] text embeddings
     lora_r: int = 16
     min_value_count: int = 2  # values rarer than this in training are not learned
     target_precision: float | None = None  # None: the settings' target
@@ -95,7 +96,7 @@ def tuned_text_encoder(
     """The text encoder, LoRA-tuned on the training part; tuned adapters are cached by their
     inputs, so re-running the same training does not tune again."""
     enc = TextEncoder(settings.text_model_path, device=settings.device,
-                      batch_size=settings.encode_batch_size)
+                      batch_size=settings.encode_batch_size, include_base=cfg.text_include_base)
     if not cfg.finetune_text:
         return enc, None
     lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r}
@@ -104,7 +105,8 @@ def tuned_text_encoder(
     if path.is_file():
         state = load_file(str(path))
         enc = TextEncoder(settings.text_model_path, device=settings.device,
-                          batch_size=settings.encode_batch_size, adapter=state, lora=lora)
+                          batch_size=settings.encode_batch_size, adapter=state, lora=lora,
+                          include_base=cfg.text_include_base)
         return enc, state
     state = tune_text_encoder(enc, texts, y, axes, epochs=cfg.text_epochs, lr=cfg.text_lr,
                               seed=cfg.seed, lora=lora, show_progress=show_progress)
@@ -188,7 +190,8 @@ def train(
             "text": {"base_id": text_enc.base_id, "id": text_enc.encoder_id,
                      "name": text_enc.name, "dim": text_enc.dim, "max_length": text_enc.max_length,
                      "pooling": "mean", "normalise": True,
-                     "lora": text_enc.lora if adapter is not None else None},
+                     "lora": text_enc.lora if adapter is not None else None,
+                     "include_base": text_enc.dual},
             "image": {"id": image_enc.encoder_id, "arch": image_enc.arch,
                       "dim": image_enc.dim, "preprocessing": asdict(image_enc.pre)},
         },

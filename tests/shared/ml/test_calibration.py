@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.ml.calibration import NEVER, fit_temperature, fit_thresholds, softmax
+from shared.ml.calibration import fit_temperature, fit_thresholds, softmax
 from shared.ml.evaluation import axis_metrics
 from shared.ml.labels import Axis
 
@@ -32,7 +32,7 @@ def test_thresholds_reach_target_precision_and_refuse_hopeless_values() -> None:
     probs[np.arange(n), pred] = score
     axis = Axis("a", "single", ["0", "1", "2"])
     fit_thresholds(axis, probs, y, target=0.95)
-    assert axis.thresholds["2"] == NEVER
+    assert axis.thresholds["2"] > 0.99  # mostly wrong: only its very top may be auto
     m = axis_metrics(axis, probs, y)
     assert m["auto_precision"] >= 0.95
     assert 0 < m["auto_coverage"] < 1
