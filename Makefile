@@ -13,8 +13,7 @@ $(VENV)/.ready: pyproject.toml .ci/constraints.txt .ci/bootstrap
 venv: $(VENV)/.ready
 
 demo: $(VENV)/.ready
-	$(VENV)/bin/tagger predict --title "Nike Men Navy Blue Running Shoes"
-	$(VENV)/bin/tagger evaluate --dataset shared/sample/dataset.yaml
+	$(VENV)/bin/tagger demo
 
 test: $(VENV)/.ready
 	bash .ci/services
