@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: str | None = Field(
-        None, description="Flower basic-auth password; Flower refuses to start without one."
+        None, description="Flower basic-auth password; unset: a random one is generated and printed."
     )
 
 

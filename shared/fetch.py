@@ -5,7 +5,10 @@ request is made, and its reason is what the event row records."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -13,14 +16,42 @@ from urllib.parse import unquote, urlparse
 from shared.config import Settings
 from shared.errors import PermanentError
 
+log = logging.getLogger("shared.fetch")
+# RFC 6052 NAT64 prefix: 64:ff9b::a.b.c.d reaches a.b.c.d through the gateway.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 class FetchError(PermanentError):
     """The image could not be had; the message is the reason recorded on the event."""
 
 
 def _is_public(addr: str) -> bool:
-    ip = ipaddress.ip_address(addr)
-    return ip.is_global and not ip.is_multicast
+    """A global unicast address; an IPv6 one that embeds an IPv4 address is judged by that too."""
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global and not embedded.is_multicast
+    return True
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout caused ``exc`` (urllib3 wraps a TLS handshake timeout in ProtocolError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError | socket.timeout) or "timed out" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__ or (seen.args[-1] if seen.args and
+                                                       isinstance(seen.args[-1], BaseException) else None)
+    return False
 
 
 class ImageFetcher:
@@ -29,12 +60,17 @@ class ImageFetcher:
     def __init__(self, settings: Settings, threads: int = 8) -> None:
         self.s = settings
         self._s3 = None
+        self._s3_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
 
     # --- policy -------------------------------------------------------------------------
     def check(self, uri: str) -> tuple[str, object]:
         """Decide whether ``uri`` may be fetched; returns (scheme, target) or raises FetchError."""
-        parsed = urlparse(uri)
+        try:
+            parsed = urlparse(uri)
+            port = parsed.port
+        except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+            raise FetchError(f"image_uri: malformed URI ({exc})") from None
         scheme = parsed.scheme.lower()
         if scheme == "s3":
             bucket = parsed.netloc
@@ -46,12 +82,14 @@ class ImageFetcher:
         if scheme == "file":
             if not self.s.allow_file_uris:
                 raise FetchError("image_uri: file:// URIs are disabled (TAGGER_ALLOW_FILE_URIS)")
+            if parsed.netloc not in ("", "localhost"):
+                raise FetchError(f"image_uri: file:// URI names host '{parsed.netloc}'; only local files")
             return "file", Path(unquote(parsed.path))
         if scheme == "https":
             host = (parsed.hostname or "").lower()
             if host not in {h.lower() for h in self.s.image_hosts}:
                 raise FetchError(f"image_uri: host '{host}' is not in TAGGER_IMAGE_HOSTS")
-            port = parsed.port or 443
+            port = port or 443
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except socket.gaierror as exc:
@@ -75,10 +113,14 @@ class ImageFetcher:
     def fetch(self, uri: str) -> bytes:
         scheme, target = self.check(uri)
         if scheme == "s3":
-            return self._fetch_s3(*target)
-        if scheme == "file":
-            return self._fetch_file(target)
-        return self._fetch_https(*target)
+            body = self._fetch_s3(*target)
+        elif scheme == "file":
+            body = self._fetch_file(target)
+        else:
+            body = self._fetch_https(*target)
+        if not body:  # the model would take b"" for "no image" and record no reason
+            raise FetchError(f"image at {uri[:300]} is empty")
+        return body
 
     def fetch_many(self, uris: list[str | None]) -> list[bytes | FetchError | None]:
         """One slot per URI: the bytes, the FetchError explaining why not, or None (no URI)."""
@@ -90,6 +132,9 @@ class ImageFetcher:
                 return self.fetch(uri)
             except FetchError as exc:
                 return exc
+            except Exception as exc:  # an unexpected failure is this image's, not the batch's
+                log.warning("fetch_failed error=%s", type(exc).__name__, exc_info=True)
+                return FetchError(f"image fetch failed: {type(exc).__name__}: {exc}"[:500])
 
         return list(self._pool.map(one, uris))
 
@@ -100,36 +145,48 @@ class ImageFetcher:
     def _fetch_file(self, path: Path) -> bytes:
         try:
             self._limit(path.stat().st_size)
-            return path.read_bytes()
+            with path.open("rb") as fh:  # capped: a FIFO or device reports size 0
+                body = fh.read(self.s.max_image_bytes + 1)
+            self._limit(len(body))
+            return body
         except FileNotFoundError:
             raise FetchError(f"image not found: {path}") from None
         except OSError as exc:
             raise FetchError(f"cannot read image {path}: {exc.strerror}") from None
 
     def _client(self):
-        if self._s3 is None:
-            import boto3
-            from botocore.config import Config
+        # Built once, under a lock, from a session of our own: the fetch threads ask for it at the
+        # same moment, and creating clients from boto3's shared default session is not thread-safe.
+        with self._s3_lock:
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
 
-            self._s3 = boto3.client(
-                "s3", endpoint_url=self.s.s3_endpoint_url,
-                config=Config(connect_timeout=self.s.fetch_timeout_s,
-                              read_timeout=self.s.fetch_timeout_s, retries={"max_attempts": 2}),
-            )
-        return self._s3
+                self._s3 = boto3.session.Session().client(
+                    "s3", endpoint_url=self.s.s3_endpoint_url,
+                    config=Config(connect_timeout=self.s.fetch_timeout_s,
+                                  read_timeout=self.s.fetch_timeout_s,
+                                  retries={"total_max_attempts": 2, "mode": "standard"}),
+                )
+            return self._s3
 
     def _fetch_s3(self, bucket: str, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
         try:
             obj = self._client().get_object(Bucket=bucket, Key=key)
-            self._limit(obj.get("ContentLength"))
-            body = obj["Body"].read(self.s.max_image_bytes + 1)
+            try:
+                self._limit(obj.get("ContentLength"))
+                body = obj["Body"].read(self.s.max_image_bytes + 1)
+            finally:
+                obj["Body"].close()
             self._limit(len(body))
             return body
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
             raise FetchError(f"s3://{bucket}/{key}: {code}") from None
+        except (ReadTimeoutError, ConnectTimeoutError):
+            raise FetchError(f"s3://{bucket}/{key}: timed out") from None
         except BotoCoreError as exc:
             raise FetchError(f"s3://{bucket}/{key}: {exc}") from None
 
@@ -141,21 +198,36 @@ class ImageFetcher:
             ca_certs=self.s.fetch_ca_bundle, cert_reqs="CERT_REQUIRED",
             timeout=urllib3.Timeout(total=self.s.fetch_timeout_s), retries=False,
         )
+        deadline = time.monotonic() + self.s.fetch_timeout_s
+        where = f"https://{host}{'' if port == 443 else f':{port}'}{path}"
         try:
-            resp = pool.urlopen("GET", path, headers={"Host": host}, preload_content=False,
-                                redirect=False)
+            resp = pool.urlopen("GET", path, headers={"Host": host if port == 443 else f"{host}:{port}"},
+                                preload_content=False, redirect=False)
             try:
                 if resp.status != 200:
-                    raise FetchError(f"https://{host}{path}: HTTP {resp.status}")
+                    raise FetchError(f"{where}: HTTP {resp.status}")
                 length = resp.headers.get("Content-Length")
                 self._limit(int(length) if length and length.isdigit() else None)
-                body = resp.read(self.s.max_image_bytes + 1)
-                self._limit(len(body))
-                return body
+                return self._read_until(resp, deadline, where)
             finally:
                 resp.release_conn()
-        except urllib3.exceptions.HTTPError as exc:
-            reason = "timed out" if isinstance(exc, urllib3.exceptions.TimeoutError) else str(exc)
-            raise FetchError(f"https://{host}{path}: {reason}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = "timed out" if _timed_out(exc) else str(exc)
+            raise FetchError(f"{where}: {reason}") from None
         finally:
             pool.close()
+
+    def _read_until(self, resp, deadline: float, where: str) -> bytes:
+        """The body, at most max_image_bytes, within the deadline: the socket timeout alone
+        restarts on every read, so a server dripping a byte at a time would never time out."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise FetchError(f"{where}: timed out")
+            chunk = resp.read1(65536)  # returns after one socket read, unlike read(n)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            self._limit(size)
+            chunks.append(chunk)

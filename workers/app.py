@@ -8,6 +8,20 @@ from shared.config import Settings, get_settings
 from shared.events import TAG_TASK
 
 
+def transport_options(s: Settings) -> dict:
+    """Redis: kombu restores unacked messages older than the visibility timeout in a sweep that
+    runs every interval x throttle seconds (10 x 10 by default): with a short timeout a killed
+    worker's messages would wait minutes. Sweep every quarter of the timeout, at least every 10 s.
+    The sweep holds a Redis lock that a worker killed mid-sweep leaves behind until it expires
+    (300 s by default), so it expires sooner when the timeout is short."""
+    return {
+        "visibility_timeout": s.visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, s.visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(30, min(300, s.visibility_timeout_s)),
+    }
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the app from settings. Prefetch is twice the batch so the next batch fills while
     one runs (FIELD-NOTES: prefetch x concurrency must exceed flush_every)."""
@@ -23,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_queue=s.tagging_queue,
         task_routes={TAG_TASK: {"queue": s.tagging_queue}},
         worker_prefetch_multiplier=2 * s.batch_size,
-        broker_transport_options={"visibility_timeout": s.visibility_timeout_s},
+        broker_transport_options=transport_options(s),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_send_task_events=True,

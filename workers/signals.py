@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init
 
 log = logging.getLogger("workers.signals")
 
@@ -21,15 +22,38 @@ def _load_or_exit() -> None:
         os._exit(3)
 
 
+def _is_prefork(worker: Any) -> bool:
+    """Whether the worker forks children (``-P prefork``); ``pool_cls`` may still be a name here."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool
+
+    cls = getattr(worker, "pool_cls", None)
+    try:
+        impl = get_implementation(cls) if cls else None
+    except (ImportError, KeyError, AttributeError):
+        return False
+    return isinstance(impl, type) and issubclass(impl, TaskPool)
+
+
 @worker_init.connect
-def _load_in_main_process(sender=None, **_kwargs) -> None:
-    """Threads/solo pools run tasks in this process: load here (no fork follows)."""
-    pool = getattr(getattr(sender, "pool_cls", None), "__module__", "") or ""
-    if "prefork" not in pool:
+def _load_in_embedded_worker(sender: Any = None, **_kwargs: Any) -> None:
+    """An embedded worker (the demo's, tests') has no ``celeryd_after_setup``: load here."""
+    from celery.apps.worker import Worker
+
+    if not isinstance(sender, Worker) and not _is_prefork(sender):
+        _load_or_exit()
+
+
+@celeryd_after_setup.connect
+def _load_in_main_process(sender: Any = None, instance: Any = None, **_kwargs: Any) -> None:
+    """``celery worker`` with threads/solo: tasks run in this process, so load here. This signal
+    comes after logging is set up (``worker_init`` comes before it and would lose the log line)
+    and before the consumer starts."""
+    if not _is_prefork(instance):
         _load_or_exit()
 
 
 @worker_process_init.connect
-def _load_in_child(**_kwargs) -> None:
+def _load_in_child(**_kwargs: Any) -> None:
     """prefork: each child loads its own copy after the fork (CUDA does not survive a fork)."""
     _load_or_exit()

@@ -2,9 +2,9 @@
 held) -> write every effect in one transaction -> return (celery-batches then acks).
 
 A bad item fails alone: a malformed message is dead-lettered, a broken image leaves the text to
-tag the product. A failure of the whole batch (database down) re-enqueues every event with its
-attempt count, or dead-letters it after ``max_attempts``: celery-batches acks the batch even when
-the task raises, so nothing may rely on the broker to redeliver it.
+tag the product. A failure of the whole batch (database down) hands every delivery on itself
+(:mod:`workers.deliveries`): celery-batches acks the batch even when the task raises, so nothing
+may rely on the broker to redeliver it.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from shared.config import Settings, get_settings
 from shared.db.session import session_scope
-from shared.db.tags import TaggingResult, apply_batch, record_dead_letter
-from shared.events import TAG_TASK, ProductUploaded, format_errors
+from shared.db.tags import TaggingResult, apply_batch
+from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
+from workers.batching import UNACKED
+from workers.deliveries import Delivery, dead_letter, decode, requeue_or_dead_letter
 
 log = logging.getLogger("workers.tagging")
 
@@ -68,19 +68,6 @@ def content_hash(ev: ProductUploaded) -> str:
     ).hexdigest()
 
 
-def _decode(requests: list) -> tuple[list[tuple[Any, ProductUploaded, int]], list[tuple[Any, str, int]]]:
-    good, bad = [], []
-    for req in requests:
-        kwargs = req.kwargs or {}
-        attempt = int(kwargs.get("attempt", 1) or 1)
-        raw = kwargs.get("event")
-        try:
-            good.append((req, ProductUploaded.model_validate(raw), attempt))
-        except ValidationError as exc:
-            bad.append((req, "; ".join(format_errors(exc)), attempt))
-    return good, bad
-
-
 def infer(rt: Runtime, events: list[ProductUploaded]) -> list[tuple[Any, str | None]]:
     """Predictions and per-item image error; holds no database connection."""
     from shared.ml.predictor import Item
@@ -101,69 +88,48 @@ def infer(rt: Runtime, events: list[ProductUploaded]) -> list[tuple[Any, str | N
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
 
 
-def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
-    """Tag one batch; returns a small report (also logged as one line)."""
-    t0 = time.perf_counter()
-    good, bad = _decode(requests)
-    events = [ev for _, ev, _ in good]
+def _result(d: Delivery, pred: Any, image_error: str | None, version: str) -> TaggingResult:
+    ev = d.event
+    assert ev is not None
+    common = dict(
+        event_id=ev.event_id, product_id=ev.product_id, seller_id=ev.seller_id, title=ev.title,
+        description=ev.description, image_uri=ev.image_uri, locale=ev.locale,
+        occurred_at=ev.occurred_at, content_hash=content_hash(ev), model_version=version,
+        image_error=image_error, attempts=d.attempt,
+    )
+    tags = [(axis, t.value, t.score, t.status) for axis, ranked in pred.tags.items() for t in ranked]
     try:
-        outcomes = infer(rt, events) if events else []
+        return TaggingResult(**common, tags=tags, status="failed" if pred.error else "tagged",
+                             error=pred.error)
+    except ValueError as exc:  # e.g. a non-finite score: this item fails, not its batch
+        return TaggingResult(**common, status="failed", error=str(exc)[:2000])
+
+
+def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
+    """Tag one batch; returns a small report (also logged as one line). Never raises: a failed
+    batch is re-enqueued or dead-lettered event by event, and what could not be handed on is
+    listed under ``UNACKED`` so it is not acked."""
+    t0 = time.perf_counter()
+    deliveries = [decode(req, rt.settings.max_attempts) for req in requests]
+    todo = [d for d in deliveries if d.reason is None]
+    given_up = [d for d in deliveries if d.reason is not None]
+    try:
+        outcomes = infer(rt, [d.event for d in todo]) if todo else []
         version = rt.tagger.version
-        results = []
-        for (_, ev, attempt), (pred, image_error) in zip(good, outcomes, strict=True):
-            tags = [(axis, t.value, t.score, t.status) for axis, ranked in pred.tags.items()
-                    for t in ranked]
-            results.append(TaggingResult(
-                event_id=ev.event_id, product_id=ev.product_id, seller_id=ev.seller_id,
-                title=ev.title, description=ev.description, image_uri=ev.image_uri,
-                locale=ev.locale, occurred_at=ev.occurred_at, content_hash=content_hash(ev),
-                model_version=version, tags=tags,
-                status="failed" if pred.error else "tagged", error=pred.error,
-                image_error=image_error, attempts=attempt,
-            ))
+        results = [_result(d, p, ie, version) for d, (p, ie) in zip(todo, outcomes, strict=True)]
         t_infer = time.perf_counter()
         with session_scope(rt.settings.database_url) as session:
             apply_batch(session, results)
-            for req, reason, attempt in bad:
-                record_dead_letter(session, _event_id(req), _payload(req), reason, attempt)
-    except Exception as exc:  # the whole batch failed: requeue or dead-letter each event
-        requeue_or_dead_letter(app, rt.settings, good, exc)
+            for d in given_up:
+                dead_letter(session, d, d.reason or "")
+    except Exception as exc:  # the whole batch failed: hand on each delivery
         log.exception("batch_failed n=%d error=%s", len(requests), type(exc).__name__)
-        return {"n": len(requests), "failed": len(requests), "error": str(exc)}
+        unhanded = requeue_or_dead_letter(app, rt.settings, deliveries, exc)
+        return {"n": len(requests), "failed": len(requests), "error": str(exc)[:500], UNACKED: unhanded}
     done = time.perf_counter()
     image_errors = sum(1 for r in results if r.image_error)
-    log.info("batch_tagged n=%d malformed=%d image_errors=%d model=%s infer_ms=%d write_ms=%d",
-             len(requests), len(bad), image_errors, rt.tagger.version,
+    log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d",
+             len(requests), len(given_up), image_errors, rt.tagger.version,
              (t_infer - t0) * 1000, (done - t_infer) * 1000)
-    return {"n": len(requests), "tagged": len(results), "dead_lettered": len(bad),
-            "image_errors": image_errors}
-
-
-def _event_id(req: Any) -> str | None:
-    ev = (req.kwargs or {}).get("event")
-    return str(ev.get("event_id"))[:200] if isinstance(ev, dict) and ev.get("event_id") else None
-
-
-def _payload(req: Any) -> str:
-    try:
-        return json.dumps({"args": list(req.args or ()), "kwargs": req.kwargs or {}}, default=str)
-    except (TypeError, ValueError):
-        return repr(req.kwargs)
-
-
-def requeue_or_dead_letter(app: Any, s: Settings, good: list, exc: Exception) -> None:
-    """Send each event back with attempt+1 (after a short back-off), or dead-letter it once it
-    has had ``max_attempts``. If even the dead-letter write fails, requeue: never drop."""
-    reason = f"{type(exc).__name__}: {exc}"[:2000]
-    for req, ev, attempt in good:
-        if attempt >= s.max_attempts:
-            try:
-                with session_scope(s.database_url) as session:
-                    record_dead_letter(session, ev.event_id, _payload(req), reason, attempt)
-                continue
-            except Exception:  # database still down: keep the event moving instead
-                log.exception("dead_letter_failed event_id=%s", ev.event_id)
-        app.send_task(
-            TAG_TASK, kwargs={"event": ev.model_dump(mode="json"), "attempt": attempt + 1},
-            queue=s.tagging_queue, countdown=min(2 ** attempt, 30),
-        )
+    return {"n": len(requests), "tagged": len(results), "dead_lettered": len(given_up),
+            "image_errors": image_errors, UNACKED: []}
