@@ -1,0 +1,481 @@
+"""Pipeline throughput: the model alone vs. the whole path upload event -> Redis -> worker -> Postgres.
+
+Why: the pipeline (issue 3) is worth its queue, batching and one-transaction writes only if the
+model stays the bottleneck and batching pays. One run, on N products from fashion-small, measures
+
+  (a) the raw model rate: the shipped default model (text encoder + image backbone + head) on
+      PRE-DECODED inputs (decode/resize done before timing) at the worker's batch size;
+  (b) end-to-end events/s from the first publish to the last commit, through Redis, a real
+      ``celery worker`` process (threads pool, one thread, the model loaded before publishing) and
+      Postgres, with the images as file:// URIs;
+  (c) the same with one task per event (a second worker run with TAGGER_BATCH_SIZE=1, fresh
+      Redis db and database),
+
+and prints (b)/(a) (target >= 0.85: queue, fetch, decode and database cost under 15% of the model's
+own time), (b)/(c) (what batching buys) and p50/p99 latency of (b) from each event's publish to
+its ``finished_at``. Events are published in one burst (``--publishers`` processes), so latency
+includes the time an event waits in the queue behind the others.
+
+Not a test: numbers for docs/BENCHMARKS.md. It FLUSHDBs the Redis db and drops and re-creates the
+Postgres database it is given; nothing is downloaded. The last line reads
+``e2e_over_model=R batched_over_unbatched=S p50_ms=X p99_ms=Y``.
+
+    .venv/bin/python -m bench.pipeline --n 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from shared.config import SAMPLE_MANIFEST, Settings
+from shared.events import ProductUploaded
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_SMALL = REPO.parent / "shared" / "data" / "fashion-small" / "dataset.yaml"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/tagger_bench"
+QUEUE = "tagging"
+BATCH_LOG = re.compile(r"batch_tagged n=(\d+) .*?infer_ms=(\d+) write_ms=(\d+)")
+
+
+@dataclass
+class Product:
+    key: str
+    text: str
+    image: bytes | None
+
+
+@dataclass
+class ModelRate:
+    version: str
+    device: str
+    threads: int
+    pre_decoded_s: float
+    predict_s: float
+
+
+@dataclass
+class RunResult:
+    label: str
+    batch: int
+    n: int
+    seconds: float  # first publish -> all events seen tagged
+    publish_s: float  # first publish -> last publish
+    latencies_ms: list[float]
+    batches: list[tuple[int, int, int]] = field(default_factory=list)  # (size, infer_ms, write_ms)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+    def pct(self, q: float) -> float:
+        import numpy as np
+
+        return float(np.percentile(self.latencies_ms, q))
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def load_products(n: int, manifest_path: Path | None, seed: int) -> tuple[Path, list[Product]]:
+    """N products (a seeded sample; cycled with new keys when N exceeds the catalogue)."""
+    from shared.ml.dataset import load_manifest, load_records, read_images
+
+    path = manifest_path or (FASHION_SMALL if FASHION_SMALL.is_file() else SAMPLE_MANIFEST)
+    manifest = load_manifest(path)
+    records = load_records(manifest)
+    chosen = random.Random(seed).sample(records, min(n, len(records)))
+    images = read_images(manifest, [r.image_ref for r in chosen])
+    products = []
+    for i in range(n):
+        rec = chosen[i % len(chosen)]
+        key = rec.id if i < len(chosen) else f"{rec.id}-{i // len(chosen)}"
+        text = (rec.text or "untitled product")[:500]
+        products.append(Product(key, text, images.get(rec.image_ref) if rec.image_ref else None))
+    return path, products
+
+
+def write_images(products: list[Product], folder: Path) -> dict[str, str | None]:
+    """Each product's photo as a file; returns product key -> file:// URI (None: no photo)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uris: dict[str, str | None] = {}
+    for p in products:
+        if p.image is None:
+            uris[p.key] = None
+            continue
+        path = folder / f"{p.key}.jpg"
+        path.write_bytes(p.image)
+        uris[p.key] = path.as_uri()
+    return uris
+
+
+# --- (a) the model alone ------------------------------------------------------------------
+
+
+def measure_model(products: list[Product], batch: int, settings: Settings) -> ModelRate:
+    """Seconds for encoders + head on pre-decoded inputs, and for ``predict()`` from image bytes."""
+    import numpy as np
+    import torch
+
+    from shared.ml.features import text_features
+    from shared.ml.predictor import Item, Tagger
+
+    tagger = Tagger.load(settings=settings, cache=None)
+    enc = tagger.image_encoder
+    prepared = enc.prepare_many([p.image for p in products])  # decode + resize: not timed
+    ready = []
+    for start in range(0, len(products), batch):
+        texts = [p.text for p in products[start : start + batch]]
+        rows = [i for i in range(len(texts)) if isinstance(prepared[start + i], tuple)]
+        chunks = []  # the image encoder's own chunking, as in ImageEncoder.encode
+        for c in range(0, len(rows), enc.batch_size):
+            sub = rows[c : c + enc.batch_size]
+            chunks.append((sub, torch.stack([prepared[start + i][0] for i in sub]),
+                           np.stack([prepared[start + i][1] for i in sub])))
+        ready.append((texts, chunks))
+
+    def run(texts: list[str], chunks: list) -> None:
+        tx, tm = text_features(tagger.text_encoder, texts, None)
+        ix = np.zeros((len(texts), enc.dim), np.float32)
+        im = np.zeros(len(texts), bool)
+        for rows, pixels, colours in chunks:
+            ix[rows, : enc.backbone_dim] = enc.embed_prepared(pixels)
+            ix[rows, enc.backbone_dim :] = colours
+            im[rows] = True
+        tagger.probabilities(tx, tm, ix, im)
+
+    run(*ready[0])  # warm-up
+    t0 = time.perf_counter()
+    for texts, chunks in ready:
+        run(texts, chunks)
+    pre_decoded_s = time.perf_counter() - t0
+
+    items = [Item(p.text, p.image) for p in products]
+    tagger.predict(items[:batch])
+    t0 = time.perf_counter()
+    for start in range(0, len(items), batch):
+        tagger.predict(items[start : start + batch], top_k=3)
+    predict_s = time.perf_counter() - t0
+
+    return ModelRate(tagger.version, str(tagger.device), torch.get_num_threads(), pre_decoded_s, predict_s)
+
+
+def release_model() -> None:
+    """Free what :func:`measure_model` loaded (it is unreachable once it returns): the worker is next."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+def reset_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def reset_database(url: str) -> None:
+    """Drop, create and migrate the benchmark database (refuses a name without 'bench')."""
+    import sqlalchemy as sa
+
+    from shared.db.migrate import upgrade
+
+    target = sa.make_url(url)
+    name = target.database or ""
+    if "bench" not in name:
+        raise SystemExit(f"refusing to drop database {name!r}: its name must contain 'bench'")
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                             poolclass=sa.pool.NullPool)
+    quoted = admin.dialect.identifier_preparer.quote(name)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+    finally:
+        admin.dispose()
+    upgrade(url)
+
+
+class WorkerProcess:
+    """``celery -A workers.app worker`` on the tagging queue (threads pool, one thread)."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+        self.name, self.env, self.log_path = name, env, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float) -> None:
+        """Start it and wait until the model is loaded and the consumer is ready."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE,
+                 "-P", "threads", "-c", "1", "--without-gossip", "--without-mingle",
+                 "--loglevel=INFO", "-n", f"{self.name}@%h"],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            text = self.log()
+            if "model_loaded" in text and " ready." in text:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker {self.name} not ready after {timeout:.0f}s:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def batches(self) -> list[tuple[int, int, int]]:
+        return [(int(a), int(b), int(c)) for a, b, c in BATCH_LOG.findall(self.log())]
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# --- publishing -----------------------------------------------------------------------------
+
+
+def _publish_shard(broker: str, events: list[dict], chunk: int, barrier: Any, out: Any) -> None:
+    """In a child process: connect, wait for the others, then send; report a wall time per event
+    taken just before its send (the earliest moment a worker could see it)."""
+    from shared.publish import Publisher
+
+    stamps: list[tuple[str, float]] = []
+    with Publisher(broker, QUEUE) as pub:
+        pub.check()
+        parsed = [ProductUploaded.model_validate(e) for e in events]
+        barrier.wait(120)
+        for s in range(0, len(parsed), chunk):
+            part = parsed[s : s + chunk]
+            t = time.time()
+            pub.publish(part)
+            stamps.extend((e.event_id, t) for e in part)
+    out.put(stamps)
+
+
+def publish_burst(broker: str, events: list[ProductUploaded], processes: int, chunk: int) -> dict[str, float]:
+    """Send every event as fast as ``processes`` publishers can; returns event id -> publish time."""
+    ctx = mp.get_context("spawn")  # this process holds torch threads (and maybe CUDA): no fork
+    barrier, out = ctx.Barrier(processes + 1), ctx.Queue()
+    payloads = [e.model_dump(mode="json") for e in events]
+    procs = [ctx.Process(target=_publish_shard, args=(broker, payloads[k::processes], chunk, barrier, out),
+                         daemon=True) for k in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(120)  # every publisher connected: go
+        stamps: dict[str, float] = {}
+        for _ in procs:
+            stamps.update(out.get(timeout=600))
+        return stamps
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+# --- (b), (c) end to end --------------------------------------------------------------------
+
+
+def make_events(products: list[Product], uris: dict[str, str | None], tag: str) -> list[ProductUploaded]:
+    now = datetime.now(UTC)
+    return [
+        ProductUploaded(event_id=f"{tag}-{i}-{p.key}", product_id=f"{tag}-{p.key}", seller_id="bench",
+                        title=p.text, image_uri=uris[p.key], locale="en-IN", occurred_at=now)
+        for i, p in enumerate(products)
+    ]
+
+
+def wait_all_tagged(url: str, n: int, worker: WorkerProcess, timeout: float, poll_s: float) -> float:
+    """Poll tagging_events until all ``n`` rows are tagged; returns the wall time it saw that."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    deadline = time.monotonic() + timeout
+    q_status = sa.text("SELECT status, count(*) FROM tagging_events GROUP BY status")
+    q_dead = sa.text("SELECT count(*) FROM dead_letters")
+    stuck_since: float | None = None  # every event settled, some failed (retried, or final)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            while True:
+                counts = dict(conn.execute(q_status).all())
+                if counts.get("tagged", 0) >= n:
+                    return time.time()
+                dead = conn.execute(q_dead).scalar_one()
+                settled = counts.get("tagged", 0) + counts.get("failed", 0) >= n
+                stuck_since = (stuck_since or time.monotonic()) if settled else None
+                if dead or counts.get("dead") or (stuck_since and time.monotonic() - stuck_since > 30):
+                    raise RuntimeError(f"not every event was tagged: {counts}, dead_letters={dead}\n"
+                                       f"{worker.tail()}")
+                worker.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out after {timeout:.0f}s: {counts} of {n}\n{worker.tail()}")
+                time.sleep(poll_s)
+    finally:
+        engine.dispose()
+
+
+def finished_times(url: str) -> dict[str, float]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT event_id, finished_at FROM tagging_events")).all()
+    finally:
+        engine.dispose()
+    # timestamptz comes back timezone-aware, so .timestamp() is epoch seconds like time.time()
+    return {eid: fin.timestamp() for eid, fin in rows if fin is not None}
+
+
+def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: argparse.Namespace,
+                 workdir: Path) -> RunResult:
+    """Fresh Redis db and database, a ready worker, one burst of events, wait for every commit."""
+    reset_redis(args.redis)
+    reset_database(args.postgres)
+    env = {
+        **os.environ, "TAGGER_BROKER_URL": args.redis, "TAGGER_DATABASE_URL": args.postgres,
+        "TAGGER_ALLOW_FILE_URIS": "true", "TAGGER_BATCH_SIZE": str(batch), "TAGGER_TAGGING_QUEUE": QUEUE,
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    }
+    logs = args.logs or workdir
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"worker-{label}.log"
+    log_path.unlink(missing_ok=True)
+    worker = WorkerProcess(f"bench-{label}-{os.getpid()}", env, log_path)
+    try:
+        worker.start(args.ready_timeout)
+        stamps = publish_burst(args.redis, events, args.publishers, args.publish_chunk)
+        done = wait_all_tagged(args.postgres, len(events), worker, args.timeout, args.poll)
+        batches = worker.batches()
+    finally:
+        worker.stop()
+    finished = finished_times(args.postgres)
+    first, last = min(stamps.values()), max(stamps.values())
+    lat = [(finished[e.event_id] - stamps[e.event_id]) * 1000 for e in events]
+    return RunResult(label, batch, len(events), done - first, last - first, lat, batches)
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def describe_batches(r: RunResult) -> str:
+    if not r.batches:
+        return f"{r.label}: no batch_tagged lines in the worker log"
+    sizes = [b[0] for b in r.batches]
+    infer, write = sum(b[1] for b in r.batches) / 1000, sum(b[2] for b in r.batches) / 1000
+    busy = infer + write
+    return (f"{r.label}: {len(sizes)} batches, size mean {sum(sizes) / len(sizes):.1f} "
+            f"(min {min(sizes)}, max {max(sizes)}); in batches {busy:.2f}s of {r.seconds:.2f}s wall "
+            f"(fetch+decode+model {infer:.2f}s, db write {write:.2f}s, outside batches "
+            f"{max(0.0, r.seconds - busy):.2f}s); publishing took {r.publish_s:.2f}s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=512, help="products (events per run)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="worker batch size (default: Settings().batch_size, i.e. TAGGER_BATCH_SIZE or 32)")
+    ap.add_argument("--manifest", type=Path, default=None,
+                    help="dataset manifest (default: ../shared/data/fashion-small, else shared/sample)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the product sample")
+    ap.add_argument("--redis", default=DEFAULT_REDIS, help="broker URL; this db is FLUSHDB'd")
+    ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="database URL; dropped and re-created")
+    ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ap.add_argument("--publish-chunk", type=int, default=1, help="events per publish() call")
+    ap.add_argument("--poll", type=float, default=0.05, help="seconds between completion polls")
+    ap.add_argument("--ready-timeout", type=float, default=300, help="seconds for a worker to load the model")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds for one run to finish")
+    ap.add_argument("--logs", type=Path, default=None, help="keep the worker logs in this folder")
+    args = ap.parse_args()
+    if args.n < 1:
+        ap.error("--n must be at least 1")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    base = Settings()
+    batch = args.batch or base.batch_size
+    settings = Settings(batch_size=batch)
+
+    manifest, products = load_products(args.n, args.manifest, args.seed)
+    with_images = sum(p.image is not None for p in products)
+    model = measure_model(products, batch, settings)
+    release_model()
+    a_rate = args.n / model.pre_decoded_s
+
+    with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
+        workdir = Path(tmp)
+        uris = write_images(products, workdir / "images")
+        runs = [run_pipeline("batched", batch, make_events(products, uris, "b"), args, workdir),
+                run_pipeline("unbatched", 1, make_events(products, uris, "c"), args, workdir)]
+    reset_redis(args.redis)
+    b, c = runs
+
+    print(f"products: {args.n} from {manifest} ({with_images} with images); model {model.version} on "
+          f"{model.device}, torch threads {model.threads}; {os.cpu_count()} CPUs")
+    print(f"settings: batch {batch}, flush_interval {settings.flush_interval_s}s, prefetch "
+          f"{2 * batch} (batched) / 2 (unbatched), publishers {args.publishers} x chunk "
+          f"{args.publish_chunk}, redis {args.redis}, postgres {args.postgres}")
+    print()
+    print(f"{'measurement':<40} {'batch':>5} {'events':>6} {'seconds':>8} {'events/s':>9} "
+          f"{'p50_ms':>7} {'p99_ms':>7}")
+    rows = [("(a) model, pre-decoded inputs", batch, model.pre_decoded_s, None),
+            ("    model via predict() from bytes", batch, model.predict_s, None),
+            ("(b) e2e Redis->worker->Postgres", batch, b.seconds, b),
+            ("(c) e2e, one task per event", 1, c.seconds, c)]
+    for name, bs, secs, run in rows:
+        p50 = f"{run.pct(50):7.0f}" if run else f"{'-':>7}"
+        p99 = f"{run.pct(99):7.0f}" if run else f"{'-':>7}"
+        print(f"{name:<40} {bs:>5} {args.n:>6} {secs:>8.2f} {args.n / secs:>9.1f} {p50} {p99}")
+    print()
+    for r in runs:
+        print(describe_batches(r))
+    ratio_a, ratio_c = b.rate / a_rate, b.rate / c.rate
+    p50, p99 = round(b.pct(50)), round(b.pct(99))
+    print(f"(b)/(a) = {ratio_a:.2f} (target >= 0.85)   (b)/(c) = {ratio_c:.2f}   "
+          f"(b) latency publish -> commit: p50 {p50} ms, p99 {p99} ms")
+    print(f"e2e_over_model={ratio_a:.2f} batched_over_unbatched={ratio_c:.2f} p50_ms={p50} p99_ms={p99}")
+
+
+if __name__ == "__main__":
+    main()
