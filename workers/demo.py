@@ -109,8 +109,8 @@ def run_demo(n: int = 200, show: int = 12, timeout_s: float = 600.0) -> float:
     for pid, axis, value, score, status in rows:
         top.setdefault(pid, {}).setdefault(axis, (value, score, status))
     table = Table(title=f"tags written by model {rt.tagger.version} (first {show} of {len(events)})")
-    table.add_column("product")
-    table.add_column("title", max_width=34)
+    table.add_column("product", no_wrap=True)
+    table.add_column("title", max_width=30, no_wrap=True, overflow="ellipsis")
     axes = ["articleType", "baseColour", "gender", "usage", "season"]
     for a in axes:
         table.add_column(a)

@@ -42,7 +42,7 @@ _lock = threading.Lock()
 
 
 def load_runtime(settings: Settings | None = None) -> Runtime:
-    """Load the model once per process (after any fork) and warm it up on one item."""
+    """Load the model once per process (after any fork) and warm it up on full batches."""
     global _runtime
     with _lock:
         if _runtime is None:
@@ -51,11 +51,26 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             s = settings or get_settings()
             t0 = time.perf_counter()
             tagger = Tagger.load(settings=s)
-            tagger.predict([Item(text="warm-up product title", image=None)])
+            # Warm up both encoders at the real batch size: the first call of each pays kernel
+            # selection and allocator growth, which would otherwise land on the first real batch.
+            photo = _warmup_jpeg()
+            for _ in range(2):
+                tagger.predict([Item(text=f"warm-up product title {i}", image=photo)
+                                for i in range(s.batch_size)])
             _runtime = Runtime(settings=s, tagger=tagger, fetcher=ImageFetcher(s))
             log.info("model_loaded version=%s device=%s ms=%d", tagger.version, tagger.device,
                      (time.perf_counter() - t0) * 1000)
         return _runtime
+
+
+def _warmup_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 80), (90, 120, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
 
 
 def runtime() -> Runtime:
