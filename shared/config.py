@@ -86,6 +86,24 @@ class Settings(BaseSettings):
         None, description="Flower basic-auth password; unset: a random one is generated and printed."
     )
 
+    # --- retraining (issue 4) -------------------------------------------------------------
+    object_store_url: str = Field(
+        "file://var/objects",
+        description="Where model artifacts and labelled images live: file://DIR (relative to the "
+        "working directory) or s3://bucket/prefix (boto3, TAGGER_S3_ENDPOINT_URL).",
+    )
+    training_queue: str = Field("training", description="Queue of the retrain task.")
+    retrain_interval_s: int = Field(86400, ge=60, description="Celery beat: retrain at least this often.")
+    retrain_min_new_labels: int = Field(
+        500, ge=1, description="Retrain as soon as this many human labels arrived since the live model."
+    )
+    gate_tolerance: float = Field(
+        0.005, ge=0, description="A challenger may be this much worse on an axis and still be promoted."
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of labelled products frozen as the gate's evaluation set."
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
