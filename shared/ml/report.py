@@ -8,7 +8,7 @@ import numpy as np
 from rich.table import Table
 
 from shared.errors import ManifestError
-from shared.ml.dataset import load_manifest, load_records, read_images
+from shared.ml.dataset import Record, load_manifest, load_records, read_images
 from shared.ml.evaluation import evaluate_probs, headline
 from shared.ml.features import image_features, text_features
 from shared.ml.head_training import Features
@@ -21,16 +21,24 @@ def evaluate_dataset(
 ) -> dict:
     """Score every row of the manifest (no split); the JSON shape of ``tagger evaluate``."""
     manifest = load_manifest(manifest_path)
-    known = {a.name for a in tagger.axes}
-    shared_axes = [a for a in tagger.axes if a.name in manifest.axes]
-    if not shared_axes:
+    if not any(a.name in manifest.axes for a in tagger.axes):
         raise ManifestError(
             f"{manifest_path}: field 'axes': none of {sorted(manifest.axes)} is an axis of model "
-            f"{tagger.version} ({sorted(known)})"
+            f"{tagger.version} ({sorted(a.name for a in tagger.axes)})"
         )
     records = load_records(manifest)
     images = read_images(manifest, [r.image_ref for r in records])
     blobs = [images.get(r.image_ref) if r.image_ref else None for r in records]
+    return evaluate_records(tagger, manifest.name, records, blobs, modality, show_progress)
+
+
+def evaluate_records(
+    tagger: Tagger, name: str, records: list[Record], blobs: list[bytes | None],
+    modality: str = "both", show_progress: bool = False,
+) -> dict:
+    """Per-axis metrics of ``tagger`` on labelled records, for the axes both sides know."""
+    labelled = {axis for r in records for axis, v in r.labels.items() if v}
+    shared_axes = [a for a in tagger.axes if a.name in labelled]
     tx, tm = text_features(tagger.text_encoder, [r.text for r in records], tagger.cache,
                            show_progress)
     ix, im = image_features(tagger.image_encoder, blobs, tagger.cache, show_progress)
@@ -39,7 +47,7 @@ def evaluate_dataset(
     y = {a.name: targets(records, a) for a in shared_axes}
     return {
         "model": tagger.version,
-        "dataset": manifest.name,
+        "dataset": name,
         "modality": modality,
         "n": len(records),
         "axes": evaluate_probs(shared_axes, probs, y),

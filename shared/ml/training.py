@@ -17,7 +17,7 @@ from shared.config import Settings, get_settings
 from shared.ml.artifact import Artifact, save_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
-from shared.ml.dataset import Record, content_hash, load_manifest, load_records, read_images
+from shared.ml.dataset import AxisKind, Record, content_hash, load_manifest, load_records, read_images
 from shared.ml.evaluation import evaluate_probs
 from shared.ml.features import image_features, text_features
 from shared.ml.head import FusionHead
@@ -53,9 +53,41 @@ class Prepared:
     name: str
     records: list[Record]
     blobs: list[bytes | None]
+    kinds: dict[str, AxisKind]
     parts: dict[str, np.ndarray]
     fingerprint: str
     missing_images: int
+
+
+def prepare_records(
+    name: str, records: list[Record], blobs: list[bytes | None], kinds: dict[str, AxisKind],
+    cfg: TrainConfig, holdout: set[str] | None = None,
+) -> Prepared:
+    """Split grouped by duplicates. With ``holdout`` (a frozen evaluation set of record ids) the
+    validation part is exactly those records, and every record sharing a duplicate group with
+    one of them is left out of training too, so the evaluation set never leaks into training."""
+    hashes = [content_hash(b) if b else None for b in blobs]
+    groups = duplicate_groups([r.text for r in records], hashes)
+    if holdout is None:
+        parts = grouped_split(
+            groups,
+            {"train": 1 - cfg.calibration_fraction - cfg.validation_fraction,
+             "calibration": cfg.calibration_fraction, "validation": cfg.validation_fraction},
+            seed=cfg.seed,
+        )
+    else:
+        held = np.array([r.id in holdout for r in records])
+        tainted = np.isin(groups, groups[held])
+        rest = np.nonzero(~tainted)[0]
+        inner = grouped_split(groups[rest], {"train": 1 - cfg.calibration_fraction,
+                                             "calibration": cfg.calibration_fraction}, seed=cfg.seed)
+        parts = {"train": rest[inner["train"]], "calibration": rest[inner["calibration"]],
+                 "validation": np.nonzero(held)[0]}
+    fp = hashlib.sha256()
+    for r, h in zip(records, hashes, strict=True):
+        fp.update(json.dumps([r.id, r.text, h, r.labels], sort_keys=True).encode())
+    missing = sum(1 for r, b in zip(records, blobs, strict=True) if r.image_ref and b is None)
+    return Prepared(name, records, blobs, kinds, parts, fp.hexdigest(), missing)
 
 
 def prepare(manifest_path: str | Path, cfg: TrainConfig) -> Prepared:
@@ -63,19 +95,8 @@ def prepare(manifest_path: str | Path, cfg: TrainConfig) -> Prepared:
     records = load_records(manifest)
     images = read_images(manifest, [r.image_ref for r in records])
     blobs = [images.get(r.image_ref) if r.image_ref else None for r in records]
-    hashes = [content_hash(b) if b else None for b in blobs]
-    groups = duplicate_groups([r.text for r in records], hashes)
-    parts = grouped_split(
-        groups,
-        {"train": 1 - cfg.calibration_fraction - cfg.validation_fraction,
-         "calibration": cfg.calibration_fraction, "validation": cfg.validation_fraction},
-        seed=cfg.seed,
-    )
-    fp = hashlib.sha256()
-    for r, h in zip(records, hashes, strict=True):
-        fp.update(json.dumps([r.id, r.text, h, r.labels], sort_keys=True).encode())
-    missing = sum(1 for r, b in zip(records, blobs, strict=True) if r.image_ref and b is None)
-    return Prepared(manifest.name, records, blobs, parts, fp.hexdigest(), missing)
+    kinds = {name: spec.kind for name, spec in manifest.axes.items()}
+    return prepare_records(manifest.name, records, blobs, kinds, cfg)
 
 
 def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig, axes) -> str:
@@ -126,16 +147,23 @@ def train(
     cfg: TrainConfig | None = None, show_progress: bool = True,
 ) -> dict:
     """Train, calibrate, evaluate and save a model; returns the report stored in its manifest."""
+    cfg = cfg or TrainConfig()
+    return train_prepared(prepare(manifest_path, cfg), out_dir, settings, cfg, show_progress)
+
+
+def train_prepared(
+    data: Prepared, out_dir: str | Path, settings: Settings | None = None,
+    cfg: TrainConfig | None = None, show_progress: bool = True,
+) -> dict:
+    """Train on already split data (a manifest's, or labels from the database)."""
     s = settings or get_settings()
     cfg = cfg or TrainConfig()
     target = cfg.target_precision or s.target_precision
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    data = prepare(manifest_path, cfg)
     recs = data.records
     train_idx = data.parts["train"]
-    kinds = {name: spec.kind for name, spec in load_manifest(manifest_path).axes.items()}
-    axes = build_axes([recs[i] for i in train_idx], kinds, min_count=cfg.min_value_count)
+    axes = build_axes([recs[i] for i in train_idx], data.kinds, min_count=cfg.min_value_count)
     y = {a.name: targets(recs, a) for a in axes}
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
     timings: dict[str, float] = {}
