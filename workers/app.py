@@ -6,6 +6,7 @@ from celery import Celery
 
 from shared.config import Settings, get_settings
 from shared.events import TAG_TASK
+from workers.schedule import beat_schedule
 
 
 def transport_options(s: Settings) -> dict:
@@ -35,7 +36,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_default_queue=s.tagging_queue,
-        task_routes={TAG_TASK: {"queue": s.tagging_queue}},
+        task_routes={TAG_TASK: {"queue": s.tagging_queue},
+                     "tagger.retrain": {"queue": s.training_queue},
+                     "tagger.check_new_labels": {"queue": s.training_queue}},
+        beat_schedule=beat_schedule(s),
         worker_prefetch_multiplier=2 * s.batch_size,
         broker_transport_options=transport_options(s),
         broker_connection_retry_on_startup=True,

@@ -15,13 +15,16 @@ console = Console(stderr=True)
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     pool: Annotated[str, typer.Option(help="threads or solo: CUDA does not survive a fork.")] = "threads",
+    queue: Annotated[str | None, typer.Option(
+        help="Queue to consume: the tagging queue (default) or the training queue (retrains).")] = None,
 ) -> None:
-    """Run a tagging worker: one process per GPU, model loaded once at start."""
+    """Run a worker: tagging (one process per GPU, model loaded once at start) or training."""
     from shared.config import get_settings
     from workers.app import app
 
     s = get_settings()
-    app.worker_main(["worker", "-Q", s.tagging_queue, "-P", pool, "-c", "1", f"--loglevel={loglevel}",
+    q = queue or s.tagging_queue
+    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", "1", f"--loglevel={loglevel}",
                      "-E", "--without-gossip", "--without-mingle"])
 
 
@@ -55,6 +58,43 @@ def demo(
     run_demo(n=min(n, 200), show=show)
 
 
+def backfill(
+    older_than: Annotated[str | None, typer.Option(help="Only products tagged by versions created "
+                                                   "before this one (and by it).")] = None,
+    rate: Annotated[float, typer.Option(help="Events per second at most.")] = 50.0,
+) -> None:
+    """Re-tag products whose model tags came from an older model, through the tagging queue."""
+    from rich.progress import Progress
+
+    from shared.config import get_settings
+    from shared.db.models import ModelVersion
+    from shared.db.session import session_scope
+    from shared.errors import TaggerError
+    from shared.publish import Publisher
+    from workers.backfill import run_backfill
+
+    s = get_settings()
+    if rate <= 0:
+        console.print("[red]error:[/] --rate must be positive")
+        raise typer.Exit(2)
+    try:
+        with session_scope(s.database_url) as session:
+            import sqlalchemy as sa
+
+            live = session.scalar(sa.select(ModelVersion.version).where(ModelVersion.status == "live"))
+        if live is None:
+            console.print("[red]error:[/] no live model version in the registry (tagger models list)")
+            raise typer.Exit(2)
+        with Publisher.from_settings(s) as pub, Progress(console=console) as progress:
+            bar = progress.add_task(f"re-tagging with {live}", total=None)
+            sent = run_backfill(s, pub.publish, live, older_than, rate,
+                                progress=lambda n: progress.advance(bar, n))
+    except (TaggerError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"{sent} re-tag events published for model {live}")
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (worker, flower, demo):
+    for fn in (worker, flower, demo, backfill):
         app.command()(fn)

@@ -24,6 +24,7 @@ from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
 from workers.batching import UNACKED
 from workers.deliveries import Delivery, dead_letter, decode, requeue_or_dead_letter
+from workers.hotswap import ModelWatcher, warm_up
 
 log = logging.getLogger("workers.tagging")
 
@@ -35,6 +36,7 @@ class Runtime:
     settings: Settings
     tagger: Any  # shared.ml.predictor.Tagger (imported lazily: torch is heavy)
     fetcher: ImageFetcher
+    watcher: Any = None  # workers.hotswap.ModelWatcher: follows the registry's live version
 
 
 _runtime: Runtime | None = None
@@ -46,31 +48,20 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            from shared.ml.predictor import Item, Tagger
+            from shared.ml.predictor import Tagger
 
             s = settings or get_settings()
             t0 = time.perf_counter()
             tagger = Tagger.load(settings=s)
-            # Warm up both encoders at the real batch size: the first call of each pays kernel
-            # selection and allocator growth, which would otherwise land on the first real batch.
-            photo = _warmup_jpeg()
-            for _ in range(2):
-                tagger.predict([Item(text=f"warm-up product title {i}", image=photo)
-                                for i in range(s.batch_size)])
-            _runtime = Runtime(settings=s, tagger=tagger, fetcher=ImageFetcher(s))
+            warm_up(tagger, s.batch_size)
+            rt = Runtime(settings=s, tagger=tagger, fetcher=ImageFetcher(s))
+            rt.watcher = ModelWatcher(rt)
+            rt.watcher.sync_now()  # the registry's live model, if one is registered
+            tagger = rt.tagger
+            _runtime = rt
             log.info("model_loaded version=%s device=%s ms=%d", tagger.version, tagger.device,
                      (time.perf_counter() - t0) * 1000)
         return _runtime
-
-
-def _warmup_jpeg() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (60, 80), (90, 120, 200)).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def runtime() -> Runtime:
@@ -83,7 +74,7 @@ def content_hash(ev: ProductUploaded) -> str:
     ).hexdigest()
 
 
-def infer(rt: Runtime, events: list[ProductUploaded]) -> list[tuple[Any, str | None]]:
+def infer(rt: Runtime, events: list[ProductUploaded], tagger: Any) -> list[tuple[Any, str | None]]:
     """Predictions and per-item image error; holds no database connection."""
     from shared.ml.predictor import Item
 
@@ -97,7 +88,7 @@ def infer(rt: Runtime, events: list[ProductUploaded]) -> list[tuple[Any, str | N
         else:
             items.append(Item(text=text, image=got))
             fetch_errors.append(None)
-    preds = rt.tagger.predict(items, top_k=3)
+    preds = tagger.predict(items, top_k=3)
     if len(preds) != len(items):  # LitServe's check: outputs must match inputs one to one
         raise RuntimeError(f"model returned {len(preds)} predictions for {len(items)} items")
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
@@ -125,12 +116,15 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     batch is re-enqueued or dead-lettered event by event, and what could not be handed on is
     listed under ``UNACKED`` so it is not acked."""
     t0 = time.perf_counter()
+    if rt.watcher is not None:
+        rt.watcher.poll()  # cheap: at most one short query every few seconds
+    tagger = rt.tagger  # one model for the whole batch, even if a swap lands meanwhile
     deliveries = [decode(req, rt.settings.max_attempts) for req in requests]
     todo = [d for d in deliveries if d.reason is None]
     given_up = [d for d in deliveries if d.reason is not None]
     try:
-        outcomes = infer(rt, [d.event for d in todo]) if todo else []
-        version = rt.tagger.version
+        outcomes = infer(rt, [d.event for d in todo], tagger) if todo else []
+        version = tagger.version
         results = [_result(d, p, ie, version) for d, (p, ie) in zip(todo, outcomes, strict=True)]
         t_infer = time.perf_counter()
         with session_scope(rt.settings.database_url) as session:
@@ -144,7 +138,7 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     done = time.perf_counter()
     image_errors = sum(1 for r in results if r.image_error)
     log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d",
-             len(requests), len(given_up), image_errors, rt.tagger.version,
+             len(requests), len(given_up), image_errors, version,
              (t_infer - t0) * 1000, (done - t_infer) * 1000)
     return {"n": len(requests), "tagged": len(results), "dead_lettered": len(given_up),
             "image_errors": image_errors, UNACKED: []}

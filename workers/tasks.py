@@ -18,3 +18,23 @@ _s = get_settings()
 def tag_product(requests: list) -> dict:
     """A batch of product.uploaded events -> tags in the database; acked when this returns."""
     return tagging.process_batch(requests, tagging.runtime(), app)
+
+
+@app.task(name="tagger.retrain", queue=_s.training_queue, acks_late=False, ignore_result=True)
+def retrain(reason: str = "schedule") -> dict:
+    """Acked on receipt (not late): a long retrain must never be redelivered while it runs; the
+    advisory lock makes a second concurrent trigger a no-op."""
+    from workers.retraining import run_retrain
+
+    return run_retrain(reason=reason)
+
+
+@app.task(name="tagger.check_new_labels", queue=_s.training_queue, acks_late=False, ignore_result=True)
+def check_new_labels() -> int:
+    """Start a retrain once enough new human labels arrived since the live model."""
+    from workers.retraining import new_labels_waiting
+
+    waiting = new_labels_waiting()
+    if waiting >= _s.retrain_min_new_labels:
+        retrain.apply_async(kwargs={"reason": f"{waiting} new labels"}, queue=_s.training_queue)
+    return waiting

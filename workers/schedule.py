@@ -1,0 +1,14 @@
+"""The whole beat schedule in one place (run exactly one beat: duplicates would double-fire)."""
+
+from __future__ import annotations
+
+from shared.config import Settings
+
+
+def beat_schedule(s: Settings) -> dict:
+    return {
+        "retrain-periodically": {"task": "tagger.retrain", "schedule": float(s.retrain_interval_s),
+                                 "kwargs": {"reason": "schedule"}, "options": {"queue": s.training_queue}},
+        "retrain-when-labels-arrive": {"task": "tagger.check_new_labels", "schedule": 60.0,
+                                       "options": {"queue": s.training_queue}},
+    }
