@@ -95,6 +95,26 @@ def backfill(
     console.print(f"{sent} re-tag events published for model {live}")
 
 
+def retrain(
+    reason: Annotated[str, typer.Option(help="Recorded with the result.")] = "manual",
+) -> None:
+    """Retrain now from the human labels, in this process: gate, register, maybe promote."""
+    import json
+
+    from shared.config import get_settings
+    from shared.errors import TaggerError
+    from workers.retraining import run_retrain
+
+    try:
+        result = run_retrain(get_settings(), reason=reason)
+    except TaggerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    print(json.dumps(result, indent=2))
+    if result["status"] == "skipped":
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (worker, flower, demo, backfill):
+    for fn in (worker, flower, demo, backfill, retrain):
         app.command()(fn)

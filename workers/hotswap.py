@@ -99,7 +99,7 @@ class ModelWatcher:
         t0 = time.perf_counter()
         try:
             store = open_store(s.object_store_url, s)
-            model_dir = fetch_artifact(store, version, s.cache_dir / "models" / version)
+            model_dir = fetch_artifact(store, version, s.cache_dir / "models")
             tagger = Tagger.load(model_dir, settings=s)
             if tagger.version != version:
                 raise RuntimeError(f"artifact says version {tagger.version}, registry says {version}")
