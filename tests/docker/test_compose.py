@@ -126,7 +126,7 @@ def test_tagger_processes_share_one_environment(services: dict[str, Any]) -> Non
 
 def test_flower_requires_auth_from_the_environment(services: dict[str, Any]) -> None:
     flower = services["flower"]
-    assert flower["command"] == ["tagger", "flower"]
+    assert flower["command"] == ["tagger", "flower", "--address", "0.0.0.0"]
     assert flower["environment"]["TAGGER_FLOWER_PASSWORD"] == FLOWER_PASSWORD
     assert flower["environment"]["TAGGER_FLOWER_USER"]
     assert [(p["target"], p["published"]) for p in flower["ports"]] == [(5555, "5555")]
