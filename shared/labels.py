@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tempfile
 from collections import defaultdict
@@ -22,12 +21,11 @@ from typing import Any, Literal, cast
 from urllib.parse import urlparse
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.models import Product, ProductTag
-from shared.db.tags import record_human_decision
+from shared.db.tags import dialect_insert, product_content_hash, record_human_decision
 from shared.errors import PermanentError
 from shared.ml.dataset import DatasetManifest, Record, load_manifest, load_records, read_images
 
@@ -270,24 +268,9 @@ def _store_images(
     return uris, problems
 
 
-def _insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT that supports ON CONFLICT on the session's dialect."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"label imports are written for postgresql and sqlite, not {name}")
-
-
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
     for start in range(0, len(ids), _KEYS_PER_QUERY):
         yield list(ids[start : start + _KEYS_PER_QUERY])
-
-
-def content_hash(title: str, description: str | None, image_uri: str | None) -> str:
-    """The worker's product content hash (workers.tagging.content_hash), so both writers agree."""
-    return hashlib.sha256(json.dumps([title, description, image_uri]).encode()).hexdigest()
 
 
 def _write_products(
@@ -317,7 +300,7 @@ def _write_products(
             image_uri = existing[record.id][2]  # a row without an image says nothing about the image
         wanted = (record.text, None, image_uri)
         values = {"product_id": record.id, "title": record.text, "description": None,
-                  "image_uri": image_uri, "content_hash": content_hash(*wanted), "updated_at": now}
+                  "image_uri": image_uri, "content_hash": product_content_hash(*wanted), "updated_at": now}
         if record.id not in existing:
             new.append({**values, "seller_id": CATALOGUE_SELLER, "locale": None, "model_version": None,
                         "last_event_at": IMPORTED_EVENT_AT, "created_at": now})
@@ -327,7 +310,8 @@ def _write_products(
             summary.products_unchanged += 1
     if new:
         # DO NOTHING: a worker may insert the product between the SELECT and here; its upload wins.
-        stmt = _insert(session, _products).on_conflict_do_nothing(index_elements=[_products.c.product_id])
+        stmt = dialect_insert(session, _products).on_conflict_do_nothing(
+            index_elements=[_products.c.product_id])
         summary.products_added += len(session.execute(stmt.returning(_products.c.product_id), new).all())
     if changed:
         session.execute(sa.update(Product), changed)  # ORM bulk UPDATE by primary key
@@ -367,7 +351,7 @@ def _write_labels(
                 )
     key = ("product_id", "axis", "value")
     if confirms:
-        stmt = _insert(session, _tags)
+        stmt = dialect_insert(session, _tags)
         # A model row becomes the person's confirmation; its score is what the model believed, kept.
         stmt = stmt.on_conflict_do_update(
             index_elements=[_tags.c.product_id, _tags.c.axis, _tags.c.value],

@@ -9,8 +9,6 @@ may rely on the broker to redeliver it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -19,7 +17,7 @@ from typing import Any
 
 from shared.config import Settings, get_settings
 from shared.db.session import session_scope
-from shared.db.tags import TaggingResult, apply_batch
+from shared.db.tags import TaggingResult, apply_batch, product_content_hash
 from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
 from workers.batching import UNACKED
@@ -69,10 +67,7 @@ def runtime() -> Runtime:
 
 
 def content_hash(ev: ProductUploaded) -> str:
-    return hashlib.sha256(
-        json.dumps([ev.title, ev.description, ev.image_uri]).encode()
-    ).hexdigest()
-
+    return product_content_hash(ev.title, ev.description, ev.image_uri)
 
 def infer(rt: Runtime, events: list[ProductUploaded], tagger: Any) -> list[tuple[Any, str | None]]:
     """Predictions and per-item image error; holds no database connection."""

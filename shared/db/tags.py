@@ -6,6 +6,8 @@ then acks, so a redelivered batch re-applies to the same rows and changes nothin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -87,14 +89,20 @@ class BatchOutcome:
     failed: tuple[str, ...]
 
 
-def _insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT that supports ON CONFLICT on the session's dialect."""
+def dialect_insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that supports ON CONFLICT on the session's dialect (Postgres or SQLite)."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert(table)
     if name == "sqlite":
         return sqlite.insert(table)
     raise NotImplementedError(f"upserts are written for postgresql and sqlite, not {name}")
+
+
+def product_content_hash(title: str, description: str | None, image_uri: str | None) -> str:
+    """What a product's content is, for every writer alike: a re-upload with the same title,
+    description and photo is the same content."""
+    return hashlib.sha256(json.dumps([title, description, image_uri]).encode()).hexdigest()
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -131,7 +139,7 @@ def _upsert_products(session: Session, results: Sequence[TaggingResult], now: da
     """
     if not results:
         return set()
-    stmt = _insert(session, _products)
+    stmt = dialect_insert(session, _products)
     excluded = stmt.excluded
     updated = ("seller_id", "title", "description", "image_uri", "locale", "content_hash",
                "last_event_at", "model_version", "updated_at")
@@ -170,7 +178,7 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
     if not rows:
         return
     # After the delete only human rows can conflict, and a human decision always wins.
-    stmt = _insert(session, _tags).on_conflict_do_nothing(
+    stmt = dialect_insert(session, _tags).on_conflict_do_nothing(
         index_elements=[_tags.c.product_id, _tags.c.axis, _tags.c.value]
     )
     session.execute(stmt, [rows[key] for key in sorted(rows)])
@@ -178,7 +186,7 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
 
 def _upsert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert or update tagging_events by event_id; a failure never demotes a tagged or dead event."""
-    stmt = _insert(session, _events)
+    stmt = dialect_insert(session, _events)
     excluded = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[_events.c.event_id],
@@ -248,7 +256,7 @@ def record_dead_letter(
     call adds a row.
     """
     now = utcnow()
-    stmt = _insert(session, _dead_letters).values(
+    stmt = dialect_insert(session, _dead_letters).values(
         event_id=event_id, payload=payload, reason=reason, attempts=attempts, created_at=now
     )
     excluded = stmt.excluded
@@ -272,7 +280,7 @@ def record_human_decision(
     if status not in HUMAN_TAG_STATUSES:
         raise ValueError(f"a human decision is confirmed or rejected, not {status!r}")
     now = utcnow()
-    stmt = _insert(session, _tags).values(
+    stmt = dialect_insert(session, _tags).values(
         product_id=product_id, axis=axis, value=value, status=status, source="human",
         score=score if score is not None else (1.0 if status == "confirmed" else 0.0), updated_at=now,
     )
