@@ -110,8 +110,8 @@ def run_demo(n: int = 200, show: int = 12, timeout_s: float = 600.0) -> float:
         top.setdefault(pid, {}).setdefault(axis, (value, score, status))
     table = Table(title=f"tags written by model {rt.tagger.version} (first {show} of {len(events)})")
     table.add_column("product", no_wrap=True)
-    table.add_column("title", max_width=30, no_wrap=True, overflow="ellipsis")
-    axes = ["articleType", "baseColour", "gender", "usage", "season"]
+    table.add_column("title", max_width=24, no_wrap=True, overflow="ellipsis")
+    axes = ["articleType", "baseColour", "gender", "usage"]
     for a in axes:
         table.add_column(a)
     titles = {e.product_id: e.title for e in events}
