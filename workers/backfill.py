@@ -7,6 +7,8 @@ an interruption re-sends only what is left, and a duplicate is de-duplicated by 
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from collections.abc import Callable
 
@@ -35,10 +37,25 @@ def stale_products(s: Settings, live: str, older_than: str | None, limit: int) -
         return list(rows)
 
 
+MAX_EVENT_ID = 200  # the product.uploaded contract's id limit
+PUBLISHES_PER_S = 20  # at high rates events go out in chunks, about this many publish calls a second
+
+
+def backfill_event_id(live: str, product_id: str) -> str:
+    """``backfill-<live>-<product>``: the same for a re-run (the worker de-duplicates it), distinct
+    per product. Too long for the contract, it ends in a hash of the whole id instead of being cut:
+    two long product ids sharing a prefix must not collapse into one event."""
+    full = f"backfill-{live}-{product_id}"
+    if len(full) <= MAX_EVENT_ID:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:32]
+    return f"{full[: MAX_EVENT_ID - len(digest) - 1]}-{digest}"
+
+
 def backfill_events(products: list[Product], live: str) -> list[ProductUploaded]:
     return [
         ProductUploaded(
-            event_id=f"backfill-{live}-{p.product_id}"[:200], product_id=p.product_id,
+            event_id=backfill_event_id(live, p.product_id), product_id=p.product_id,
             seller_id=p.seller_id, title=p.title, description=p.description, image_uri=p.image_uri,
             locale=p.locale, occurred_at=p.last_event_at,  # same upload: not newer, not stale
         )
@@ -51,16 +68,24 @@ def run_backfill(
     older_than: str | None = None, rate: float = 50.0, limit: int = 1_000_000,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Publish re-tag events at most ``rate`` per second; returns how many were sent."""
+    """Publish re-tag events at most ``rate`` per second; returns how many were sent.
+
+    Event ``k`` (from 0) is never published before ``k / rate`` seconds after the start, so no
+    burst exceeds the rate, even the first one; at high rates events go out in small chunks, each
+    when the slot of its last event has come.
+    """
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a positive number of events per second, not {rate}")
     events = backfill_events(stale_products(s, live, older_than, limit), live)
+    chunk = max(1, int(rate // PUBLISHES_PER_S))
     sent, started = 0, time.monotonic()
-    chunk = max(1, int(rate))  # about one publish call per second
     for i in range(0, len(events), chunk):
-        publish(events[i : i + chunk])
-        sent += len(events[i : i + chunk])
+        batch = events[i : i + chunk]
+        wait = started + (i + len(batch) - 1) / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        publish(batch)
+        sent += len(batch)
         if progress:
-            progress(len(events[i : i + chunk]))
-        ahead = sent / rate - (time.monotonic() - started)
-        if ahead > 0 and i + chunk < len(events):
-            time.sleep(ahead)
+            progress(len(batch))
     return sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from typing import Annotated
@@ -73,10 +74,10 @@ def backfill(
     from shared.publish import Publisher
     from workers.backfill import run_backfill
 
-    s = get_settings()
-    if rate <= 0:
-        console.print("[red]error:[/] --rate must be positive")
+    if not (math.isfinite(rate) and rate > 0):  # click parses "inf" and "nan" as floats too
+        console.print(f"[red]error:[/] --rate must be a positive number of events per second, not {rate}")
         raise typer.Exit(2)
+    s = get_settings()
     try:
         with session_scope(s.database_url) as session:
             import sqlalchemy as sa

@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from shared.db.session import session_scope
 log = logging.getLogger("workers.retraining")
 RETRAIN_LOCK = 7_461_676_765_720_001  # any fixed bigint; names the retrain advisory lock
 EVAL_SET_KEY = "eval/eval-set.json"
+RETRAIN_TASK = "tagger.retrain"
 
 
 def frozen_eval_set(store: Any, product_ids: list[str], texts: dict[str, str],
@@ -135,11 +137,38 @@ def _retrain_locked(s: Settings, trigger: str, cfg: Any) -> dict:
 
 
 def new_labels_waiting(settings: Settings | None = None) -> int:
-    """Human labels newer than the live model's label watermark."""
+    """Human labels newer than the label watermark of the live model, or of a challenger trained
+    on newer labels and rejected by the gate (the labels it saw did not make a better model:
+    only labels after them are new), whichever is newer. Every label counts while neither has one."""
+    import sqlalchemy as sa
+
+    from shared.db.models import ModelVersion
     from shared.labels import labels_since
     from shared.registry import live_version
 
     s = settings or get_settings()
     with session_scope(s.database_url) as session:
         live = live_version(session)
-        return labels_since(session, live.label_watermark if live else None)
+        rejected = session.scalar(sa.select(sa.func.max(ModelVersion.label_watermark))
+                                  .where(ModelVersion.status == "rejected"))
+        marks = [m for m in (live.label_watermark if live else None, rejected) if m is not None]
+        return labels_since(session, max(marks) if marks else None)
+
+
+def retrain_enqueuer(app: Any, s: Settings) -> Callable[[str], object]:
+    """A callable that sends ``tagger.retrain(reason=...)`` to the training queue through ``app``."""
+
+    def enqueue(reason: str) -> object:
+        return app.send_task(RETRAIN_TASK, kwargs={"reason": reason}, queue=s.training_queue)
+
+    return enqueue
+
+
+def trigger_on_new_labels(s: Settings, enqueue: Callable[[str], object]) -> int:
+    """The ``tagger.check_new_labels`` decision: enqueue a retrain once at least
+    ``retrain_min_new_labels`` labels are waiting; returns how many are."""
+    waiting = new_labels_waiting(s)
+    if waiting >= s.retrain_min_new_labels:
+        enqueue(f"{waiting} new labels")
+        log.info("retrain_enqueued waiting=%d threshold=%d", waiting, s.retrain_min_new_labels)
+    return waiting

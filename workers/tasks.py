@@ -7,6 +7,7 @@ from shared.events import TAG_TASK
 from workers import tagging
 from workers.app import app
 from workers.batching import ReliableBatches
+from workers.retraining import RETRAIN_TASK
 
 _s = get_settings()
 
@@ -20,7 +21,7 @@ def tag_product(requests: list) -> dict:
     return tagging.process_batch(requests, tagging.runtime(), app)
 
 
-@app.task(name="tagger.retrain", queue=_s.training_queue, acks_late=False, ignore_result=True)
+@app.task(name=RETRAIN_TASK, queue=_s.training_queue, acks_late=False, ignore_result=True)
 def retrain(reason: str = "schedule") -> dict:
     """Acked on receipt (not late): a long retrain must never be redelivered while it runs; the
     advisory lock makes a second concurrent trigger a no-op."""
@@ -31,10 +32,8 @@ def retrain(reason: str = "schedule") -> dict:
 
 @app.task(name="tagger.check_new_labels", queue=_s.training_queue, acks_late=False, ignore_result=True)
 def check_new_labels() -> int:
-    """Start a retrain once enough new human labels arrived since the live model."""
-    from workers.retraining import new_labels_waiting
+    """Start a retrain once enough new human labels arrived since the live model (the decision
+    is :func:`workers.retraining.trigger_on_new_labels`)."""
+    from workers.retraining import retrain_enqueuer, trigger_on_new_labels
 
-    waiting = new_labels_waiting()
-    if waiting >= _s.retrain_min_new_labels:
-        retrain.apply_async(kwargs={"reason": f"{waiting} new labels"}, queue=_s.training_queue)
-    return waiting
+    return trigger_on_new_labels(_s, retrain_enqueuer(app, _s))
