@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shared import labels_commands, publish_commands, registry_commands
+from shared import apikeys_commands, labels_commands, publish_commands, registry_commands
 from shared.db import commands as db_commands
 from shared.ml import commands as model_commands
 from workers import commands as pipeline_commands
@@ -18,6 +18,7 @@ publish_commands.register(app)
 db_commands.register(app)
 labels_commands.register(app)
 registry_commands.register(app)
+apikeys_commands.register(app)
 pipeline_commands.register(app)
 
 

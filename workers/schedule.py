@@ -11,4 +11,8 @@ def beat_schedule(s: Settings) -> dict:
                                  "kwargs": {"reason": "schedule"}, "options": {"queue": s.training_queue}},
         "retrain-when-labels-arrive": {"task": "tagger.check_new_labels", "schedule": 60.0,
                                        "options": {"queue": s.training_queue}},
+        # Events the API accepted but could not hand to the broker (or the broker lost) go out
+        # again: nothing accepted is ever lost.
+        "sweep-ingested-events": {"task": "tagger.sweep_ingested", "schedule": 30.0,
+                                  "options": {"queue": s.training_queue}},
     }

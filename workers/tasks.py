@@ -37,3 +37,17 @@ def check_new_labels() -> int:
     from workers.retraining import retrain_enqueuer, trigger_on_new_labels
 
     return trigger_on_new_labels(_s, retrain_enqueuer(app, _s))
+
+
+@app.task(name="tagger.sweep_ingested", queue=_s.training_queue, acks_late=False, ignore_result=True)
+def sweep_ingested() -> int:
+    """Re-publish events the API recorded but never got onto the queue."""
+    from api.config import ApiSettings
+    from api.sweeper import sweep
+    from shared.publish import BrokerUnavailable, Publisher
+
+    try:
+        with Publisher.from_settings(_s) as publisher:
+            return sweep(_s, publisher, ApiSettings().sweep_after_s)
+    except BrokerUnavailable:
+        return 0  # the next beat tick tries again

@@ -1,4 +1,4 @@
-"""Tables of the tagger: products and their tags, tagging events, dead letters, model versions."""
+"""Tables of the tagger: products and their tags, tagging events, dead letters, model versions, API keys."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ HUMAN_TAG_STATUSES = ("confirmed", "rejected")
 TAG_SOURCES = ("model", "human")
 EVENT_STATUSES = ("received", "tagged", "failed", "dead")
 MODEL_VERSION_STATUSES = ("candidate", "live", "retired", "rejected")
+API_KEY_ROLES = ("producer", "reader", "reviewer", "admin")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -92,6 +93,11 @@ class TaggingEvent(Base):
     model_version: Mapped[str | None]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # The event as the API accepted it, so the sweeper can re-enqueue one that never reached a worker;
+    # NULL for events that arrived straight on the queue (the worker records those).
+    payload: Mapped[dict[str, Any] | None]
+    # When the API last handed the event to the broker; NULL = never (the broker was down).
+    enqueued_at: Mapped[datetime | None]
 
 
 class DeadLetter(Base):
@@ -129,3 +135,19 @@ class ModelVersion(Base):
     reason: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None]
+
+
+class ApiKey(Base):
+    """An HTTP API key: the public ``id`` names it, only a hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (sa.CheckConstraint(_one_of("role", API_KEY_ROLES), name="role"),)
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    role: Mapped[str]
+    # sha256 hex of the secret. Secrets are 32 random bytes, so there is nothing to brute-force and a
+    # slow password hash (bcrypt, argon2) would only add latency to every request.
+    key_hash: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

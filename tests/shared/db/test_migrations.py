@@ -13,7 +13,7 @@ import shared
 from shared.db import migrate
 from shared.db.session import get_engine
 
-TABLES = {"products", "product_tags", "tagging_events", "dead_letters", "model_versions"}
+TABLES = {"products", "product_tags", "tagging_events", "dead_letters", "model_versions", "api_keys"}
 
 
 def _tables(url: str) -> set[str]:
@@ -26,16 +26,20 @@ def test_upgrade_check_downgrade_upgrade(dialect: str, make_database: Callable[[
     assert migrate.current(url) == ()
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0001",) == (migrate.head(),)
+    assert migrate.current(url) == ("0002",) == (migrate.head(),)
     assert _tables(url) == TABLES | {"alembic_version"}
     migrate.check(url)  # raises when the models and the migrations disagree
 
     migrate.downgrade(url, "-1")
+    assert migrate.current(url) == ("0001",)
+    assert _tables(url) == TABLES - {"api_keys"} | {"alembic_version"}
+
+    migrate.downgrade(url, "base")
     assert migrate.current(url) == ()
     assert _tables(url) == {"alembic_version"}
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0001",)
+    assert migrate.current(url) == ("0002",)
     migrate.check(url)
 
 

@@ -1,0 +1,43 @@
+"""The FastAPI app factory: ``uvicorn api.app:create_app --factory``. One router per domain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors, health, ingest
+from api.config import ApiSettings
+from api.state import AppState
+from shared.config import Settings, get_settings
+from shared.publish import Publisher
+
+log = logging.getLogger("tagger.api")
+
+
+def create_app(settings: Settings | None = None, api_settings: ApiSettings | None = None) -> FastAPI:
+    """Build the app; an unusable broker URL (memory://) fails here, at start-up, not per request."""
+    settings = settings or get_settings()
+    api_settings = api_settings or ApiSettings()
+    publisher = Publisher(settings.broker_url, settings.tagging_queue)
+    probe = Publisher(settings.broker_url, settings.tagging_queue,
+                      connect_timeout_s=api_settings.readiness_timeout_s)
+    state = AppState(settings=settings, api=api_settings, publisher=publisher, probe=probe)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        log.info("api_started broker=%s queue=%s", publisher.broker, settings.tagging_queue)
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(title="Product tagger", version="1", lifespan=lifespan,
+                  summary="Ingest product uploads; read tags; review uncertain ones.")
+    app.state.tagger = state
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(ingest.router)
+    return app

@@ -1,0 +1,23 @@
+"""Settings of the HTTP API only (env prefix ``TAGGER_API_``); shared knobs stay in shared.config."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """Limits and timers of the API process; tests build it directly, the app reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGGER_API_", extra="ignore")
+
+    max_batch: int = Field(500, ge=1, description="Most events one POST /v1/events may carry.")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1, description="Largest request body, in bytes (checked on Content-Length and read)."
+    )
+    sweep_after_s: float = Field(
+        30.0, gt=0, description="The sweeper re-enqueues events recorded but not queued for this long."
+    )
+    readiness_timeout_s: float = Field(
+        1.0, gt=0, description="How long /readyz waits for the broker before calling it down."
+    )

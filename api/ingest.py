@@ -1,0 +1,142 @@
+"""``POST /v1/events``: sellers send one product.uploaded event or a batch; recorded, then enqueued.
+
+The order is the guarantee: rows are committed before anything is published, so a broker outage
+costs latency, never events (the answer says ``queued: false`` and the sweeper sends them later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import Principal, require
+from api.errors import BadRequest, LimitExceeded
+from api.records import mark_enqueued, record_events
+from api.state import AppState, get_state
+from shared.db.base import utcnow
+from shared.db.session import session_scope
+from shared.events import ProductUploaded, format_errors
+from shared.publish import BrokerUnavailable
+
+log = logging.getLogger("tagger.api.ingest")
+router = APIRouter(prefix="/v1", tags=["ingest"])
+
+
+class Rejected(BaseModel):
+    """One event of the request that was refused, with a ``field: reason`` line per problem."""
+
+    index: int
+    event_id: str | None
+    errors: list[str]
+
+
+class IngestResult(BaseModel):
+    """The answer to a POST: accepted ids, rejected items, and whether the accepted ones are queued."""
+
+    accepted: list[str]
+    rejected: list[Rejected]
+    queued: bool
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to pass ``limit`` (header first, then while reading)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # a lying or absent Content-Length (chunked upload) is caught here
+            raise _too_large(size, limit, at_least=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int, *, at_least: bool = False) -> LimitExceeded:
+    return LimitExceeded(
+        f"request body of {'more than ' if at_least else ''}{size if not at_least else limit} bytes exceeds "
+        f"the limit of {limit} bytes (max_body_bytes, TAGGER_API_MAX_BODY_BYTES)",
+        limit={"name": "max_body_bytes", "value": limit},
+    )
+
+
+def _items(body: bytes, max_batch: int) -> list[Any]:
+    """The request's events as a list (one object is a batch of one), within the batch limit."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON ({exc})") from exc
+    items = data if isinstance(data, list) else [data]
+    if not isinstance(data, list | dict):
+        raise BadRequest("body must be a product.uploaded event object or a JSON list of them")
+    if not items:
+        raise BadRequest("the list of events is empty")
+    if len(items) > max_batch:
+        raise LimitExceeded(
+            f"batch of {len(items)} events exceeds the limit of {max_batch} events per request "
+            "(max_batch, TAGGER_API_MAX_BATCH); split it", limit={"name": "max_batch", "value": max_batch},
+        )
+    return items
+
+
+def _validate(items: list[Any]) -> tuple[list[ProductUploaded], list[Rejected]]:
+    """Each item on its own: a bad event is listed with its field errors and the others go on."""
+    accepted: dict[str, ProductUploaded] = {}  # a repeated event_id in one batch is one event
+    rejected: list[Rejected] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            rejected.append(Rejected(index=index, event_id=None, errors=["event: expected a JSON object"]))
+            continue
+        try:
+            event = ProductUploaded.model_validate(item)
+        except ValidationError as exc:
+            event_id = item.get("event_id")
+            rejected.append(Rejected(index=index, event_id=event_id if isinstance(event_id, str) else None,
+                                     errors=format_errors(exc)))
+            continue
+        accepted.setdefault(event.event_id, event)
+    return list(accepted.values()), rejected
+
+
+def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
+    """Commit the rows, then publish; True when every event that needs sending reached the broker."""
+    now = utcnow()
+    with session_scope(state.settings.database_url) as session:
+        to_send = record_events(session, events, now)
+    if not to_send:
+        return True  # all already known and past 'received': nothing to do
+    try:
+        state.publisher.publish(to_send)
+    except BrokerUnavailable as exc:
+        # Recorded and committed above: the sweeper sends them once the broker is back.
+        log.warning("events_not_queued n=%d sent=%d broker=%s",
+                    len(to_send), exc.sent, state.publisher.broker)
+        return False
+    with session_scope(state.settings.database_url) as session:
+        mark_enqueued(session, [p["event_id"] for p in to_send], utcnow())
+    return True
+
+
+@router.post(
+    "/events", status_code=202, response_model=IngestResult,
+    responses={413: {"description": "Body or batch over its configured limit (named in the answer)."},
+               422: {"model": IngestResult, "description": "Every event in the request was invalid."}},
+)
+async def post_events(
+    request: Request, principal: Annotated[Principal, Depends(require("producer"))],
+) -> JSONResponse:
+    """Accept one event or a list; 202 with accepted ids (idempotent on event_id), 422 if none is valid."""
+    state = get_state(request)
+    items = _items(await _read_body(request, state.api.max_body_bytes), state.api.max_batch)
+    events, rejected = _validate(items)
+    queued = await run_in_threadpool(_record_and_enqueue, state, events) if events else False
+    result = IngestResult(accepted=[e.event_id for e in events], rejected=rejected, queued=queued)
+    log.info("events_ingested key=%s accepted=%d rejected=%d queued=%s",
+             principal.key_id, len(events), len(rejected), queued)
+    return JSONResponse(result.model_dump(mode="json"), status_code=202 if events else 422)

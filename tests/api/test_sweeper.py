@@ -1,0 +1,50 @@
+"""Broker down: events are recorded and the answer says queued=false; the sweeper sends them later."""
+
+from __future__ import annotations
+
+import redis
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from api.sweeper import sweep
+from shared.config import Settings
+from shared.db.session import get_engine
+from shared.publish import Publisher
+from tests.api.conftest import event, queued_event_ids
+from tests.api.test_ingest import rows
+
+
+def test_broker_down_then_swept(dead_broker_client: TestClient, tokens: dict[str, str], db_url: str,
+                                app_settings: Settings, broker: redis.Redis) -> None:
+    response = dead_broker_client.post("/v1/events", json=[event(1), event(2)],
+                                       headers={"X-API-Key": tokens["producer"]})
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": ["evt-1", "evt-2"], "rejected": [], "queued": False}
+    recorded = rows(db_url)
+    assert set(recorded) == {"evt-1", "evt-2"}
+    assert all(r["status"] == "received" and r["enqueued_at"] is None for r in recorded.values())
+
+    with Publisher(app_settings.broker_url, app_settings.tagging_queue) as publisher:
+        assert sweep(app_settings, publisher, older_than_s=3600) == 0  # too recent to be a straggler
+        assert sweep(app_settings, publisher, older_than_s=0) == 2
+        assert sorted(queued_event_ids(broker)) == ["evt-1", "evt-2"]
+        assert all(r["enqueued_at"] is not None for r in rows(db_url).values())
+        assert sweep(app_settings, publisher, older_than_s=0) == 0  # queued now: left alone
+        # Queued but never taken by a worker for longer than lost_after_s: the broker lost it; resend.
+        with get_engine(db_url).begin() as connection:
+            connection.execute(sa.text("UPDATE tagging_events SET enqueued_at = now() - interval '2 hours'"))
+        assert sweep(app_settings, publisher, older_than_s=0, lost_after_s=3600, chunk=1) == 2
+    assert len(queued_event_ids(broker)) == 4
+
+
+def test_unsendable_row_is_marked_failed(app_settings: Settings, db_url: str, broker: redis.Redis) -> None:
+    with get_engine(db_url).begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO tagging_events (event_id, product_id, status, attempts, payload, received_at) "
+            "VALUES ('evt-x', 'sku-x', 'received', 0, '{\"event_id\": \"evt-x\"}', "
+            "now() - interval '1 hour')"))
+    with Publisher(app_settings.broker_url, app_settings.tagging_queue) as publisher:
+        assert sweep(app_settings, publisher, older_than_s=1) == 0
+    row = rows(db_url)["evt-x"]
+    assert row["status"] == "failed" and "title: required field is missing" in row["last_error"]
+    assert queued_event_ids(broker) == []
