@@ -10,9 +10,10 @@ from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.apikeys import ROLES
+from shared.cli import console
+from shared.cli import fail as _fail
 from shared.errors import TaggerError
 
-console = Console(stderr=True)
 out = Console()
 
 keys_app = typer.Typer(
@@ -20,10 +21,6 @@ keys_app = typer.Typer(
     help="HTTP API keys: create (the token is shown once), revoke, list.",
 )
 
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")
-    return typer.Exit(code=2)
 
 
 @keys_app.command()

@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.cli import console
+from shared.cli import fail as _fail
 from shared.errors import TaggerError
 
-console = Console(stderr=True)
 out = Console()
 
 models_app = typer.Typer(
@@ -22,10 +23,6 @@ models_app = typer.Typer(
     "(database from TAGGER_DATABASE_URL, artifacts in TAGGER_OBJECT_STORE_URL).",
 )
 
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code=2)
 
 
 def _when(value: datetime | None) -> str:

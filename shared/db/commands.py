@@ -9,9 +9,9 @@ from alembic.util import CommandError
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.cli import fail as _fail
 from shared.errors import TaggerError
 
-console = Console(stderr=True)
 out = Console()
 
 db_app = typer.Typer(
@@ -19,11 +19,6 @@ db_app = typer.Typer(
     help="Database schema: apply migrations, show the revision (URL from TAGGER_DATABASE_URL).",
 )
 
-
-def _fail(exc: Exception) -> typer.Exit:
-    # SQLAlchemy hides the password when it prints a URL; the message names host and database.
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code=2)
 
 
 @db_app.command()

@@ -12,9 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.cli import console
+from shared.cli import fail as _fail
 from shared.errors import TaggerError
 
-console = Console(stderr=True)
 out = Console()
 
 
@@ -28,10 +29,6 @@ class Fusion(StrEnum):
     gated = "gated"
     concat = "concat"
 
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code=2)
 
 
 def train(
