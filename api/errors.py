@@ -45,6 +45,24 @@ class Forbidden(HttpError):
     status_code = 403
 
 
+class NotFound(HttpError):
+    """The resource the path names does not exist (the answer says which)."""
+
+    status_code = 404
+
+
+class InvalidParameter(HttpError):
+    """A query parameter with a value the route does not know; the answer names the parameter."""
+
+    status_code = 422
+
+
+class ServerFault(HttpError):
+    """Something the service itself should have (a live model's manifest) is missing or unreadable."""
+
+    status_code = 500
+
+
 class LimitExceeded(HttpError):
     """A configured limit (body size, batch size) was passed; the answer names the setting."""
 

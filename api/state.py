@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
@@ -19,6 +21,9 @@ class AppState:
     api: ApiSettings
     publisher: Publisher
     probe: Publisher  # short connect timeout, so /readyz answers within about a second
+    # GET /v1/taxonomy: one parsed taxonomy per model version (a version's artifact never changes).
+    taxonomy_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
+    taxonomy_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
         """Release the broker connections (app shutdown)."""

@@ -1,0 +1,234 @@
+"""Reads for downstream teams (search, recommendation): a product's tags, the products carrying a tag
+(keyset-paged), and the taxonomy the live model knows. Role ``reader`` (or admin).
+
+The same data is readable straight from Postgres; ``docs/READ-CONTRACT.md`` is the contract for both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from api.auth import require
+from api.errors import BadRequest, InvalidParameter, NotFound, ServerFault
+from api.state import AppState, get_state
+from shared.db.models import TAG_STATUSES, Product, ProductTag
+from shared.db.session import session_scope
+from shared.registry import MANIFEST, artifact_prefix, live_version
+from shared.storage import ObjectNotFound, open_store
+
+log = logging.getLogger("tagger.api.reads")
+router = APIRouter(prefix="/v1", tags=["reads"], dependencies=[Depends(require("reader"))])
+
+APPLIED_STATUSES = ("auto", "confirmed")  # the tags a product "has": the model's sure ones and human yeses
+MAX_LIMIT = 1000
+
+
+class Tag(BaseModel):
+    """One tag row of a product, model-proposed or human-decided."""
+
+    axis: str
+    value: str
+    score: float
+    status: str
+    source: str
+    model_version: str | None
+    updated_at: datetime
+
+
+class ProductTags(BaseModel):
+    """Every tag row of one product; ``model_version`` is the model that last tagged the product."""
+
+    product_id: str
+    model_version: str | None
+    tags: list[Tag]
+
+
+class TaggedProduct(BaseModel):
+    """One product carrying the requested tag."""
+
+    product_id: str
+    score: float
+    status: str
+    model_version: str | None
+    updated_at: datetime
+
+
+class TaggedProductsPage(BaseModel):
+    """One page, ordered by product_id; pass ``next_cursor`` as ``cursor`` for the next (null: done)."""
+
+    items: list[TaggedProduct]
+    next_cursor: str | None
+
+
+class Axis(BaseModel):
+    """An axis of the taxonomy: ``single`` (one value per product) or ``multi``, and its values."""
+
+    kind: str
+    values: list[str]
+
+
+class Taxonomy(BaseModel):
+    """The axes and values of the model the workers serve."""
+
+    model_version: str
+    axes: dict[str, Axis]
+
+
+# --- GET /v1/products/{product_id}/tags ----------------------------------------------------------
+
+
+@router.get("/products/{product_id}/tags", response_model=ProductTags,
+            responses={404: {"description": "No product with this id has been tagged."}})
+def product_tags(request: Request, product_id: str) -> ProductTags:
+    """Every tag of a product (all statuses, both sources), by axis then highest score first."""
+    with session_scope(get_state(request).settings.database_url) as session:
+        product = session.get(Product, product_id)
+        if product is None:
+            raise NotFound(f"product {product_id!r} not found (never uploaded, or not tagged yet)")
+        rows = session.scalars(
+            sa.select(ProductTag).where(ProductTag.product_id == product_id)
+            .order_by(ProductTag.axis, ProductTag.score.desc(), ProductTag.value)
+        )
+        return ProductTags(
+            product_id=product.product_id, model_version=product.model_version,
+            tags=[Tag(axis=t.axis, value=t.value, score=t.score, status=t.status, source=t.source,
+                      model_version=t.model_version, updated_at=t.updated_at) for t in rows],
+        )
+
+
+# --- GET /v1/tags/{axis}/{value}/products --------------------------------------------------------
+
+
+def encode_cursor(product_id: str) -> str:
+    """An opaque cursor: the last product_id of a page (clients must not build or parse it)."""
+    raw = json.dumps({"after": product_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The product_id a cursor names; a cursor this API did not hand out is a 400 naming ``cursor``."""
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        doc = json.loads(raw.decode())
+    except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        doc = None
+    if not isinstance(doc, dict) or set(doc) != {"after"} or not isinstance(doc["after"], str):
+        raise BadRequest("invalid cursor: pass back the 'next_cursor' of the previous page unchanged",
+                         parameter="cursor")
+    return doc["after"]
+
+
+def _check_statuses(statuses: list[str]) -> list[str]:
+    unknown = [s for s in statuses if s not in TAG_STATUSES]
+    if unknown:
+        raise InvalidParameter(
+            f"unknown status {', '.join(repr(s) for s in unknown)} (parameter 'status'); "
+            f"statuses are {', '.join(TAG_STATUSES)}", parameter="status",
+        )
+    return sorted(set(statuses))
+
+
+@router.get(
+    "/tags/{axis}/{value}/products", response_model=TaggedProductsPage,
+    responses={400: {"description": "The cursor was not one this API handed out."},
+               422: {"description": "Unknown status, or limit/min_score out of range (named)."}},
+)
+def tagged_products(
+    request: Request, axis: str, value: str,
+    status: Annotated[list[str] | None, Query(
+        description=f"Tag statuses to include (repeat the parameter); default: {', '.join(APPLIED_STATUSES)}."
+    )] = None,
+    min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="Lowest score to include.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> TaggedProductsPage:
+    """Products carrying ``axis=value``, ordered by product_id, paged with a keyset cursor."""
+    statuses = _check_statuses(status) if status else list(APPLIED_STATUSES)
+    after = decode_cursor(cursor) if cursor is not None else None
+    query = sa.select(ProductTag).where(
+        ProductTag.axis == axis, ProductTag.value == value, ProductTag.status.in_(statuses)
+    )
+    if min_score is not None:
+        query = query.where(ProductTag.score >= min_score)
+    if after is not None:
+        query = query.where(ProductTag.product_id > after)
+    query = query.order_by(ProductTag.product_id).limit(limit + 1)  # one more: is there a next page?
+    with session_scope(get_state(request).settings.database_url) as session:
+        rows = list(session.scalars(query))
+        items = [TaggedProduct(product_id=t.product_id, score=t.score, status=t.status,
+                               model_version=t.model_version, updated_at=t.updated_at)
+                 for t in rows[:limit]]
+    more = len(rows) > limit
+    return TaggedProductsPage(items=items, next_cursor=encode_cursor(items[-1].product_id) if more else None)
+
+
+# --- GET /v1/taxonomy ----------------------------------------------------------------------------
+
+
+def _taxonomy(manifest: Any, where: str) -> dict[str, Any]:
+    """The public part of a manifest: its version and, per axis, kind and values (nothing else)."""
+    try:
+        axes = {name: Axis(kind=spec["kind"], values=list(spec["values"]))
+                for name, spec in manifest["axes"].items()}
+        return Taxonomy(model_version=manifest["version"], axes=axes).model_dump()
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ServerFault(
+            f"model manifest {where} has no usable axes ({type(exc).__name__}: {exc})") from None
+
+
+def _live_taxonomy(state: AppState, version: str) -> dict[str, Any]:
+    key = f"{artifact_prefix(version)}/{MANIFEST}"
+    store = open_store(state.settings.object_store_url, state.settings)
+    try:
+        manifest = json.loads(store.get(key))
+    except ObjectNotFound:
+        raise ServerFault(
+            f"live model {version}: {store.uri(key)} is missing from the object store") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServerFault(f"live model {version}: {store.uri(key)} is unreadable: {exc}") from None
+    return _taxonomy(manifest, store.uri(key))
+
+
+def _default_taxonomy(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServerFault(f"default model {path}: unreadable manifest: {exc}") from None
+    return _taxonomy(manifest, str(path))
+
+
+@router.get("/taxonomy", response_model=Taxonomy,
+            responses={500: {"description": "The served model's manifest is missing or unreadable."}})
+def taxonomy(request: Request) -> dict[str, Any]:
+    """Axes and values of the live registry version, or of the shipped model when none is live."""
+    state = get_state(request)
+    with session_scope(state.settings.database_url) as session:
+        live = live_version(session)
+        version = live.version if live is not None else None
+    # A registered version's files never change, so its taxonomy is cached for the app's life;
+    # the default model is keyed by its folder (it only changes with a deploy, i.e. a new process).
+    key = f"live:{version}" if version is not None else f"dir:{state.settings.model_dir}"
+    cached = state.taxonomy_cache.get(key)
+    if cached is not None:
+        return cached
+    if version is not None:
+        result = _live_taxonomy(state, version)
+        if result["model_version"] != version:
+            raise ServerFault(f"live model {version}: its manifest says version {result['model_version']}")
+    else:
+        result = _default_taxonomy(Path(state.settings.model_dir))
+    with state.taxonomy_lock:
+        state.taxonomy_cache.setdefault(key, result)
+    log.info("taxonomy_loaded version=%s axes=%d", result["model_version"], len(result["axes"]))
+    return result
