@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, health, ingest, reads
+from api import errors, health, ingest, reads, review
 from api.config import ApiSettings
 from api.state import AppState
 from shared.config import Settings, get_settings
@@ -41,4 +41,5 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     app.include_router(health.router)
     app.include_router(ingest.router)
     app.include_router(reads.router)
+    app.include_router(review.router)
     return app

@@ -1,0 +1,207 @@
+"""Review for the catalogue team: the queue of uncertain model tags, and a person's decisions on them.
+Role ``reviewer`` (or admin).
+
+A decision is stored as a human label (``source='human'``) that retraining uses and the model never
+overwrites; once a product has a human decision on an axis it leaves the queue for that axis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from typing import Annotated, Literal
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import aliased
+
+from api.auth import require
+from api.errors import BadRequest, InvalidParameter, NotFound
+from api.state import get_state
+from shared.db.models import Product, ProductTag
+from shared.db.session import session_scope
+from shared.labels import LabelError, ProductNotFound, decide
+
+log = logging.getLogger("tagger.api.review")
+router = APIRouter(prefix="/v1", tags=["review"], dependencies=[Depends(require("reviewer"))])
+
+MAX_LIMIT = 500
+CANDIDATES = 3
+MAX_DECISIONS = 50
+
+
+class Candidate(BaseModel):
+    """One value the model proposed for review on the item's axis."""
+
+    value: str
+    score: float
+
+
+class ReviewItem(BaseModel):
+    """A product's axis awaiting a person: the model's best review candidates, highest score first."""
+
+    product_id: str
+    title: str
+    image_uri: str | None
+    axis: str
+    candidates: list[Candidate]
+    model_version: str | None
+
+
+class ReviewPage(BaseModel):
+    """Most uncertain first; pass ``next_cursor`` as ``cursor`` for the next page (null: done)."""
+
+    items: list[ReviewItem]
+    next_cursor: str | None
+
+
+class Decision(BaseModel):
+    """A person's decision on one tag: confirm or reject ``value``, or correct it to ``corrected_value``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    axis: str
+    action: Literal["confirm", "reject", "correct"]
+    value: str
+    corrected_value: str | None = None
+
+
+class Decisions(BaseModel):
+    """Decisions on one product, applied together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decisions: list[Decision] = Field(min_length=1, max_length=MAX_DECISIONS)
+
+
+class Change(BaseModel):
+    """A tag row the decisions changed, with its new status."""
+
+    axis: str
+    value: str
+    status: str
+
+
+class DecisionResult(BaseModel):
+    product_id: str
+    changed: list[Change]
+
+
+# --- cursor ----------------------------------------------------------------------------------------
+
+_Key = tuple[float, str, str]
+
+
+def encode_cursor(key: _Key) -> str:
+    """An opaque cursor: the (score, product_id, axis) of a page's last item."""
+    raw = json.dumps({"after": list(key)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> _Key:
+    """The key a cursor names; a cursor this API did not hand out is a 400 naming ``cursor``."""
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        doc = json.loads(raw.decode())
+    except (binascii.Error, ValueError):
+        doc = None
+    after = doc.get("after") if isinstance(doc, dict) and set(doc) == {"after"} else None
+    if (not isinstance(after, list) or len(after) != 3
+            or not isinstance(after[0], int | float) or isinstance(after[0], bool)
+            or not isinstance(after[1], str) or not isinstance(after[2], str)):
+        raise BadRequest("invalid cursor: pass back the 'next_cursor' of the previous page unchanged",
+                         parameter="cursor")
+    return float(after[0]), after[1], after[2]
+
+
+# --- GET /v1/review ----------------------------------------------------------------------------------
+
+
+def _queue_query(axis: str | None) -> sa.Subquery:
+    """(product_id, axis, top): each undecided (product, axis) with review tags and its best review score."""
+    human = aliased(ProductTag)
+    decided = sa.exists().where(human.product_id == ProductTag.product_id, human.axis == ProductTag.axis,
+                                human.source == "human")
+    query = (
+        sa.select(ProductTag.product_id, ProductTag.axis, sa.func.max(ProductTag.score).label("top"))
+        .where(ProductTag.source == "model", ProductTag.status == "review", ~decided)
+        .group_by(ProductTag.product_id, ProductTag.axis)
+    )
+    if axis is not None:
+        query = query.where(ProductTag.axis == axis)
+    return query.subquery("queue")
+
+
+@router.get("/review", response_model=ReviewPage,
+            responses={400: {"description": "The cursor was not one this API handed out."}})
+def review_queue(
+    request: Request,
+    axis: Annotated[str | None, Query(description="Only items on this axis.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> ReviewPage:
+    """(product, axis) pairs with model tags in ``review`` and no human decision yet, most uncertain
+    first: ordered by the best review score of the pair, ascending, then product_id, axis."""
+    after = decode_cursor(cursor) if cursor is not None else None
+    queue = _queue_query(axis)
+    query = (
+        sa.select(queue.c.product_id, queue.c.axis, queue.c.top, Product.title, Product.image_uri)
+        .join(Product, Product.product_id == queue.c.product_id)
+    )
+    if after is not None:
+        query = query.where(sa.tuple_(queue.c.top, queue.c.product_id, queue.c.axis) > sa.tuple_(*after))
+    query = query.order_by(queue.c.top, queue.c.product_id, queue.c.axis).limit(limit + 1)
+    with session_scope(get_state(request).settings.database_url) as session:
+        rows = session.execute(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        tags: dict[tuple[str, str], list[ProductTag]] = {}
+        if rows:
+            candidates = session.scalars(
+                sa.select(ProductTag).where(
+                    ProductTag.product_id.in_(sorted({r.product_id for r in rows})),
+                    ProductTag.source == "model", ProductTag.status == "review",
+                ).order_by(ProductTag.score.desc(), ProductTag.value)
+            )
+            for tag in candidates:
+                tags.setdefault((tag.product_id, tag.axis), []).append(tag)
+        items = []
+        for row in rows:
+            best = tags.get((row.product_id, row.axis), [])[:CANDIDATES]
+            items.append(ReviewItem(
+                product_id=row.product_id, title=row.title, image_uri=row.image_uri, axis=row.axis,
+                candidates=[Candidate(value=t.value, score=t.score) for t in best],
+                model_version=best[0].model_version if best else None,
+            ))
+    next_cursor = encode_cursor((rows[-1].top, rows[-1].product_id, rows[-1].axis)) if more else None
+    return ReviewPage(items=items, next_cursor=next_cursor)
+
+
+# --- POST /v1/products/{product_id}/decisions --------------------------------------------------------
+
+
+@router.post(
+    "/products/{product_id}/decisions", response_model=DecisionResult,
+    responses={404: {"description": "No product with this id."},
+               422: {"description": "A decision cannot be stored; the answer names its index. "
+                                    "Nothing is applied."}},
+)
+def post_decisions(request: Request, product_id: str, body: Decisions) -> DecisionResult:
+    """Apply every decision in one transaction: all of them, or (on any error) none."""
+    changed: list[Change] = []
+    with session_scope(get_state(request).settings.database_url) as session:
+        for index, d in enumerate(body.decisions):
+            try:
+                changes = decide(session, product_id, d.axis, d.value, d.action, d.corrected_value)
+            except ProductNotFound as exc:
+                raise NotFound(str(exc)) from None
+            except LabelError as exc:
+                raise InvalidParameter(f"decisions[{index}]: {exc}; nothing was applied",
+                                       parameter=f"decisions[{index}]", index=index) from None
+            changed.extend(Change(axis=d.axis.strip(), value=v, status=s) for v, s in changes.items())
+    log.info("decisions_applied product=%s decisions=%d changed=%d",
+             product_id, len(body.decisions), len(changed))
+    return DecisionResult(product_id=product_id, changed=changed)

@@ -1,0 +1,172 @@
+"""Review routes: the queue (only undecided review tags, most uncertain first, axis filter, cursor) and
+decisions (confirm, correct, 404, 422 with nothing applied, 401/403)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.db.models import ProductTag
+from shared.db.session import get_engine, session_scope
+from shared.db.tags import TaggingResult, apply_batch
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[str]:
+    yield db_url
+    with get_engine(db_url).begin() as connection:
+        connection.exec_driver_sql("TRUNCATE products, product_tags")
+
+
+def auth(tokens: dict[str, str], role: str = "reviewer") -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens[role]}"}
+
+
+def result(product_id: str, tags: tuple[tuple[str, str, float, str], ...]) -> TaggingResult:
+    return TaggingResult(
+        event_id=f"e-{product_id}", product_id=product_id, seller_id="s1", title=f"Product {product_id}",
+        description=None, image_uri=f"file:///img/{product_id}.jpg", locale="en-GB", occurred_at=T0,
+        content_hash=f"h-{product_id}", model_version="v1", tags=tags,
+    )
+
+
+@pytest.fixture
+def catalogue(db: str) -> None:
+    """r1 colour best 0.60; r2 colour best 0.45 + type 0.55; r3 type 0.30; a1 only auto tags."""
+    with session_scope(db) as session:
+        apply_batch(session, [
+            result("r1", (("colour", "Blue", 0.60, "review"), ("colour", "Navy", 0.35, "review"),
+                          ("colour", "Teal", 0.20, "review"), ("colour", "Grey", 0.10, "review"),
+                          ("type", "Shoes", 0.95, "auto"))),
+            result("r2", (("colour", "Black", 0.45, "review"), ("colour", "Grey", 0.40, "review"),
+                          ("type", "Boots", 0.55, "review"))),
+            result("r3", (("type", "Bag", 0.30, "review"),)),
+            result("a1", (("colour", "Red", 0.99, "auto"),)),
+        ])
+
+
+def queue(client: TestClient, tokens: dict[str, str], **params: Any) -> list[tuple[str, str]]:
+    response = client.get("/v1/review", params=params, headers=auth(tokens))
+    assert response.status_code == 200, response.text
+    return [(item["product_id"], item["axis"]) for item in response.json()["items"]]
+
+
+def tag_rows(db: str, product_id: str, axis: str) -> dict[str, tuple[str, str]]:
+    with session_scope(db) as session:
+        rows = session.query(ProductTag).filter_by(product_id=product_id, axis=axis)
+        return {t.value: (t.status, t.source) for t in rows}
+
+
+# --- GET /v1/review ------------------------------------------------------------------------------------
+
+
+def test_queue_has_only_review_items_most_uncertain_first(
+    client: TestClient, tokens: dict[str, str], catalogue: None,
+) -> None:
+    response = client.get("/v1/review", headers=auth(tokens))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [(i["product_id"], i["axis"]) for i in body["items"]] == [
+        ("r3", "type"), ("r2", "colour"), ("r2", "type"), ("r1", "colour")]
+    assert body["next_cursor"] is None
+    r1 = body["items"][-1]
+    assert r1 == {"product_id": "r1", "title": "Product r1", "image_uri": "file:///img/r1.jpg",
+                  "axis": "colour", "model_version": "v1",
+                  "candidates": [{"value": "Blue", "score": 0.60}, {"value": "Navy", "score": 0.35},
+                                 {"value": "Teal", "score": 0.20}]}
+
+
+def test_queue_filter_by_axis_and_cursor(client: TestClient, tokens: dict[str, str], catalogue: None) -> None:
+    assert queue(client, tokens, axis="colour") == [("r2", "colour"), ("r1", "colour")]
+    assert queue(client, tokens, axis="size") == []
+    seen, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/v1/review", params=params, headers=auth(tokens)).json()
+        seen += [(i["product_id"], i["axis"]) for i in body["items"]]
+        if (cursor := body["next_cursor"]) is None:
+            break
+    assert seen == queue(client, tokens)
+
+
+def test_bad_cursor_is_400_naming_cursor(client: TestClient, tokens: dict[str, str], db: str) -> None:
+    response = client.get("/v1/review", params={"cursor": "not-a-cursor!"}, headers=auth(tokens))
+    assert response.status_code == 400
+    assert response.json()["parameter"] == "cursor"
+
+
+def test_decided_axis_leaves_the_queue(client: TestClient, tokens: dict[str, str], catalogue: None) -> None:
+    response = client.post("/v1/products/r2/decisions", headers=auth(tokens),
+                           json={"decisions": [{"axis": "colour", "action": "reject", "value": "Black"}]})
+    assert response.status_code == 200, response.text
+    assert queue(client, tokens) == [("r3", "type"), ("r2", "type"), ("r1", "colour")]
+
+
+# --- POST /v1/products/{id}/decisions ------------------------------------------------------------------
+
+
+def test_confirm_stores_human_confirmation(
+    client: TestClient, tokens: dict[str, str], db: str, catalogue: None,
+) -> None:
+    response = client.post("/v1/products/r1/decisions", headers=auth(tokens),
+                           json={"decisions": [{"axis": "colour", "action": "confirm", "value": "Blue"}]})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"product_id": "r1",
+                               "changed": [{"axis": "colour", "value": "Blue", "status": "confirmed"}]}
+    assert tag_rows(db, "r1", "colour")["Blue"] == ("confirmed", "human")
+
+
+def test_correct_rejects_old_and_confirms_new(
+    client: TestClient, tokens: dict[str, str], db: str, catalogue: None,
+) -> None:
+    body = {"decisions": [{"axis": "colour", "action": "correct", "value": "Black",
+                           "corrected_value": "Navy"}]}
+    response = client.post("/v1/products/r2/decisions", headers=auth(tokens), json=body)
+    assert response.status_code == 200, response.text
+    assert sorted((c["value"], c["status"]) for c in response.json()["changed"]) == [
+        ("Black", "rejected"), ("Navy", "confirmed")]
+    rows = tag_rows(db, "r2", "colour")
+    assert rows["Black"] == ("rejected", "human") and rows["Navy"] == ("confirmed", "human")
+
+
+def test_unknown_product_is_404(client: TestClient, tokens: dict[str, str], db: str) -> None:
+    response = client.post("/v1/products/nope/decisions", headers=auth(tokens),
+                           json={"decisions": [{"axis": "colour", "action": "confirm", "value": "Blue"}]})
+    assert response.status_code == 404
+    assert "nope" in response.json()["detail"]
+
+
+def test_label_error_is_422_naming_index_and_nothing_applied(
+    client: TestClient, tokens: dict[str, str], db: str, catalogue: None,
+) -> None:
+    body = {"decisions": [{"axis": "colour", "action": "confirm", "value": "Blue"},
+                          {"axis": "colour", "action": "correct", "value": "Navy"}]}
+    response = client.post("/v1/products/r1/decisions", headers=auth(tokens), json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "decisions[1]" in detail and "corrected_value" in detail
+    assert tag_rows(db, "r1", "colour")["Blue"] == ("review", "model")  # the first one rolled back
+
+
+def test_body_shape_is_checked(client: TestClient, tokens: dict[str, str], db: str) -> None:
+    for body in ({"decisions": []},
+                 {"decisions": [{"axis": "colour", "action": "confirm", "value": "Blue", "extra": 1}]},
+                 {"decisions": [{"axis": "colour", "action": "approve", "value": "Blue"}]}):
+        response = client.post("/v1/products/r1/decisions", headers=auth(tokens), json=body)
+        assert response.status_code == 422, body
+
+
+def test_auth(client: TestClient, tokens: dict[str, str], db: str) -> None:
+    decision = {"decisions": [{"axis": "colour", "action": "confirm", "value": "Blue"}]}
+    assert client.get("/v1/review").status_code == 401
+    assert client.post("/v1/products/r1/decisions", json=decision).status_code == 401
+    assert client.get("/v1/review", headers=auth(tokens, "reader")).status_code == 403
+    response = client.post("/v1/products/r1/decisions", json=decision, headers=auth(tokens, "reader"))
+    assert response.status_code == 403
+    assert client.get("/v1/review", headers=auth(tokens, "admin")).status_code == 200
