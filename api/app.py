@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, health, ingest, reads, review
+from api import errors, health, ingest, metrics, reads, review
 from api.config import ApiSettings
 from api.state import AppState
 from shared.config import Settings, get_settings
@@ -42,4 +42,5 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     app.include_router(ingest.router)
     app.include_router(reads.router)
     app.include_router(review.router)
+    app.include_router(metrics.router)
     return app

@@ -22,6 +22,7 @@ from api.state import AppState, get_state
 from shared.db.base import utcnow
 from shared.db.session import session_scope
 from shared.events import ProductUploaded, format_errors
+from shared.metrics import count_ingest
 from shared.publish import BrokerUnavailable
 
 log = logging.getLogger("tagger.api.ingest")
@@ -137,6 +138,7 @@ async def post_events(
     events, rejected = _validate(items)
     queued = await run_in_threadpool(_record_and_enqueue, state, events) if events else False
     result = IngestResult(accepted=[e.event_id for e in events], rejected=rejected, queued=queued)
+    count_ingest(len(events), len(rejected))
     log.info("events_ingested key=%s accepted=%d rejected=%d queued=%s",
              principal.key_id, len(events), len(rejected), queued)
     return JSONResponse(result.model_dump(mode="json"), status_code=202 if events else 422)

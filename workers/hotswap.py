@@ -16,6 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from shared.metrics import set_live_model
+
 log = logging.getLogger("workers.hotswap")
 RETRY_FAILED_AFTER_S = 300.0
 
@@ -106,6 +108,7 @@ class ModelWatcher:
             warm_up(tagger, s.batch_size)
             with self._lock:
                 old, self.rt.tagger = self.rt.tagger.version, tagger
+            set_live_model(version)
             log.info("model_swapped from=%s to=%s ms=%d", old, version, (time.perf_counter() - t0) * 1000)
         except Exception as exc:
             self._failed[version] = time.monotonic()

@@ -20,6 +20,9 @@ def _load_or_exit() -> None:
         log.exception("model_load_failed")
         # A worker without a model would ack nothing and hold its prefetched messages.
         os._exit(3)
+    from shared.metrics import start_worker_server
+
+    start_worker_server(os.environ.get("TAGGER_METRICS_PORT"))  # nothing when unset
 
 
 def _is_prefork(worker: Any) -> bool:

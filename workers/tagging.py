@@ -20,6 +20,7 @@ from shared.db.session import session_scope
 from shared.db.tags import TaggingResult, apply_batch, product_content_hash
 from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
+from shared.metrics import count_failure, observe_batch, set_live_model
 from workers.batching import UNACKED
 from workers.deliveries import Delivery, dead_letter, decode, requeue_or_dead_letter
 from workers.hotswap import ModelWatcher, warm_up
@@ -57,6 +58,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             rt.watcher.sync_now()  # the registry's live model, if one is registered
             tagger = rt.tagger
             _runtime = rt
+            set_live_model(tagger.version)
             log.info("model_loaded version=%s device=%s ms=%d", tagger.version, tagger.device,
                      (time.perf_counter() - t0) * 1000)
         return _runtime
@@ -129,9 +131,12 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     except Exception as exc:  # the whole batch failed: hand on each delivery
         log.exception("batch_failed n=%d error=%s", len(requests), type(exc).__name__)
         unhanded = requeue_or_dead_letter(app, rt.settings, deliveries, exc)
+        count_failure("batch", len(requests))
         return {"n": len(requests), "failed": len(requests), "error": str(exc)[:500], UNACKED: unhanded}
     done = time.perf_counter()
     image_errors = sum(1 for r in results if r.image_error)
+    observe_batch(len(requests), {"infer": t_infer - t0, "write": done - t_infer})
+    count_failure("image", image_errors)
     log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d",
              len(requests), len(given_up), image_errors, version,
              (t_infer - t0) * 1000, (done - t_infer) * 1000)
