@@ -17,9 +17,10 @@ from shared.apikeys import ROLES, create_key
 from shared.config import Settings
 from shared.db.migrate import upgrade
 from shared.db.session import get_engine, session_scope
+from tests.private_redis import flushed, private_redis_url
 from tests.shared.db.conftest import make_database  # noqa: F401  (fixture)
 
-REDIS_URL = "redis://127.0.0.1:6379/10"  # this suite's own db: flushed before and after each test
+REDIS_URL = private_redis_url()  # a redis-server of this test run's own
 DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
 QUEUE = "tagging"
 LIMITS = ApiSettings(max_batch=5, max_body_bytes=20_000)
@@ -43,12 +44,8 @@ def db_url(api_db_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.ping()  # Redis is a real dependency of this suite (.ci/services starts it)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed(REDIS_URL) as client:
+        yield client
 
 
 @pytest.fixture

@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 from shared.events import TAG_TASK, ProductUploaded
 from shared.publish import BrokerUnavailable, Publisher, PublisherConfigError
 from shared.publish_commands import register
+from tests.private_redis import flushed, private_redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/14"  # a db of its own: flushed before and after each test
+REDIS_URL = private_redis_url()  # a redis-server of this test run's own
 DEAD_URL = "redis://:s3cret@127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
 QUEUE = "tagging"
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,12 +37,8 @@ def event(n: int, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.ping()  # Redis is a real dependency of this suite (.ci/services starts it)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed(REDIS_URL) as client:
+        yield client
 
 
 def queued(client: redis.Redis, queue: str = QUEUE) -> list[dict[str, Any]]:
