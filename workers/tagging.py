@@ -21,6 +21,7 @@ from shared.db.tags import TaggingResult, apply_batch, product_content_hash
 from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
 from shared.metrics import count_failure, observe_batch, set_live_model
+from shared.stopwatch import Stopwatch
 from workers.batching import UNACKED
 from workers.deliveries import Delivery, dead_letter, decode, requeue_or_dead_letter
 from workers.hotswap import ModelWatcher, warm_up
@@ -71,11 +72,16 @@ def runtime() -> Runtime:
 def content_hash(ev: ProductUploaded) -> str:
     return product_content_hash(ev.title, ev.description, ev.image_uri)
 
-def infer(rt: Runtime, events: list[ProductUploaded], tagger: Any) -> list[tuple[Any, str | None]]:
-    """Predictions and per-item image error; holds no database connection."""
+def infer(
+    rt: Runtime, events: list[ProductUploaded], tagger: Any, watch: Stopwatch | None = None
+) -> list[tuple[Any, str | None]]:
+    """Predictions and per-item image error; holds no database connection. ``watch`` gets the
+    seconds of fetch, decode, encode and head."""
     from shared.ml.predictor import Item
 
-    fetched = rt.fetcher.fetch_many([ev.image_uri for ev in events])
+    watch = watch or Stopwatch()
+    with watch.stage("fetch"):
+        fetched = rt.fetcher.fetch_many([ev.image_uri for ev in events])
     items, fetch_errors = [], []
     for ev, got in zip(events, fetched, strict=True):
         text = ev.title if not ev.description else f"{ev.title} {ev.description}"
@@ -85,7 +91,7 @@ def infer(rt: Runtime, events: list[ProductUploaded], tagger: Any) -> list[tuple
         else:
             items.append(Item(text=text, image=got))
             fetch_errors.append(None)
-    preds = tagger.predict(items, top_k=3)
+    preds = tagger.predict(items, top_k=3, watch=watch)
     if len(preds) != len(items):  # LitServe's check: outputs must match inputs one to one
         raise RuntimeError(f"model returned {len(preds)} predictions for {len(items)} items")
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
@@ -119,12 +125,13 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     deliveries = [decode(req, rt.settings.max_attempts) for req in requests]
     todo = [d for d in deliveries if d.reason is None]
     given_up = [d for d in deliveries if d.reason is not None]
+    watch = Stopwatch()
     try:
-        outcomes = infer(rt, [d.event for d in todo], tagger) if todo else []
+        outcomes = infer(rt, [d.event for d in todo], tagger, watch) if todo else []
         version = tagger.version
         results = [_result(d, p, ie, version) for d, (p, ie) in zip(todo, outcomes, strict=True)]
         t_infer = time.perf_counter()
-        with session_scope(rt.settings.database_url) as session:
+        with watch.stage("write"), session_scope(rt.settings.database_url) as session:
             apply_batch(session, results)
             for d in given_up:
                 dead_letter(session, d, d.reason or "")
@@ -135,10 +142,12 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
         return {"n": len(requests), "failed": len(requests), "error": str(exc)[:500], UNACKED: unhanded}
     done = time.perf_counter()
     image_errors = sum(1 for r in results if r.image_error)
-    observe_batch(len(requests), {"infer": t_infer - t0, "write": done - t_infer})
+    observe_batch(len(requests), {**watch.seconds, "infer": t_infer - t0})
     count_failure("image", image_errors)
-    log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d",
-             len(requests), len(given_up), image_errors, version,
-             (t_infer - t0) * 1000, (done - t_infer) * 1000)
+    ms = watch.ms()
+    log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d "
+             "fetch_ms=%d decode_ms=%d encode_ms=%d head_ms=%d",
+             len(requests), len(given_up), image_errors, version, (t_infer - t0) * 1000,
+             (done - t_infer) * 1000, *(ms.get(k, 0) for k in ("fetch", "decode", "encode", "head")))
     return {"n": len(requests), "tagged": len(results), "dead_lettered": len(given_up),
             "image_errors": image_errors, UNACKED: []}

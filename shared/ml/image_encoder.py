@@ -16,6 +16,7 @@ from torchvision.transforms import v2 as T
 from shared.errors import ArtifactError
 from shared.ml.colour import COLOUR_DIM, COLOUR_VERSION, colour_features
 from shared.ml.device import autocast, resolve_device
+from shared.stopwatch import Stopwatch
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
 
@@ -173,17 +174,21 @@ class ImageEncoder:
             out = self.model(x)
         return out.float().cpu().numpy()
 
-    def encode(self, images: list[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
+    def encode(
+        self, images: list[bytes | None], watch: Stopwatch | None = None
+    ) -> tuple[np.ndarray, list[str | None]]:
         """Embed a list of image bytes: (n, dim) float32, and per item an error reason or None.
 
         Items that are None or fail to decode get a zero row; the caller treats them as
-        'no image' so the text alone tags them.
+        'no image' so the text alone tags them. ``watch`` gets the "decode" and "encode" seconds.
         """
+        watch = watch or Stopwatch()
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         errors: list[str | None] = [None] * len(images)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            prepared = self.prepare_many(chunk)
+            with watch.stage("decode"):
+                prepared = self.prepare_many(chunk)
             ok = [i for i, p in enumerate(prepared) if isinstance(p, tuple)]
             for i, p in enumerate(prepared):
                 if isinstance(p, str):
@@ -192,8 +197,8 @@ class ImageEncoder:
                     errors[start + i] = "no image"
             if not ok:
                 continue
-            pixels = torch.stack([prepared[i][0] for i in ok])
-            emb = self.embed_prepared(pixels)
+            with watch.stage("encode"):
+                emb = self.embed_prepared(torch.stack([prepared[i][0] for i in ok]))
             for row, i in enumerate(ok):
                 out[start + i, : self.backbone_dim] = emb[row]
                 out[start + i, self.backbone_dim :] = prepared[i][1]

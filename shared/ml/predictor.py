@@ -18,6 +18,7 @@ from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
 from shared.ml.labels import Axis
 from shared.ml.text_encoder import TextEncoder
+from shared.stopwatch import Stopwatch
 
 AUTO, REVIEW = "auto", "review"
 
@@ -140,25 +141,35 @@ class Tagger:
             for a in self.axes
         }
 
-    def features(self, items: list[Item]) -> tuple[np.ndarray, ...]:
+    def features(self, items: list[Item], watch: Stopwatch | None = None) -> tuple[np.ndarray, ...]:
+        """Text and image features; ``watch`` gets "decode" (photos) and "encode" (both encoders)."""
+        watch = watch or Stopwatch()
         texts = [it.text or "" for it in items]
-        tx, tm = text_features(self.text_encoder, texts, self.cache)
+        with watch.stage("encode"):
+            tx, tm = text_features(self.text_encoder, texts, self.cache)
         images = [it.image for it in items]
         ix, im = np.zeros((len(items), self.image_encoder.dim), np.float32), np.zeros(len(items), bool)
         errors: list[str | None] = [None] * len(items)
         if any(images):
-            ix, errs = self.image_encoder.encode(images)
+            ix, errs = self.image_encoder.encode(images, watch)
             im = np.array([e is None for e in errs])
             errors = [e if images[k] is not None else None for k, e in enumerate(errs)]
         return tx, tm, ix, im, errors
 
-    def predict(self, items: list[Item], top_k: int = 3) -> list[Prediction]:
+    def predict(self, items: list[Item], top_k: int = 3, watch: Stopwatch | None = None) -> list[Prediction]:
         """Tags for each item. An item with a broken image is tagged from its text (and the
-        reason kept in ``image_error``); one with neither gets ``error`` and no tags."""
+        reason kept in ``image_error``); one with neither gets ``error`` and no tags. ``watch``
+        gets the seconds of "decode", "encode" and "head" (fusion head, calibration, ranking)."""
         if not items:
             return []
-        tx, tm, ix, im, errors = self.features(items)
-        probs = self.probabilities(tx, tm, ix, im)
+        watch = watch or Stopwatch()
+        tx, tm, ix, im, errors = self.features(items, watch)
+        with watch.stage("head"):
+            return self._rank(items, self.probabilities(tx, tm, ix, im), tm, im, errors, top_k)
+
+    def _rank(self, items: list[Item], probs: dict[str, np.ndarray], tm: np.ndarray, im: np.ndarray,
+              errors: list[str | None], top_k: int) -> list[Prediction]:
+        """Top-k values per axis with auto/review status, from calibrated probabilities."""
         preds = []
         for k in range(len(items)):
             p = Prediction(image_error=errors[k],

@@ -21,7 +21,7 @@ from shared.db.migrate import upgrade
 from shared.publish import Publisher
 from tests.servers import S3Front
 from tests.workers.db import Db
-from tests.workers.procs import RedisServer, Worker
+from tests.workers.procs import RedisServer, Worker, free_port
 from tests.workers.stack import BUCKET, S3, S3_ENV, Images, Stack
 
 ADMIN_URL = os.environ.get("TAGGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -164,7 +164,7 @@ def main_stack(make_redis: Callable, make_db: Callable, worker_env: Callable, st
     env = worker_env(
         redis, url, allow_file_uris="true", image_hosts='["localhost"]', image_buckets=f'["{BUCKET}"]',
         s3_endpoint_url=s3.front.url, fetch_timeout_s=1.5, max_image_bytes=100_000,
-        max_image_pixels=1_000_000,
+        max_image_pixels=1_000_000, metrics_port=free_port(),
     )
     env.update(S3_ENV)
     worker = start_worker("main", env)

@@ -14,7 +14,8 @@ def _value(name: str, **labels: str) -> float:
 def test_observe_batch() -> None:
     count, le4 = _value("tagger_batch_size_count"), _value("tagger_batch_size_bucket", le="4.0")
     infer = _value("tagger_stage_seconds_sum", stage="infer")
-    metrics.observe_batch(3, {"infer": 0.25, "write": 0.05})
+    metrics.observe_batch(3, {"fetch": 0.01, "decode": 0.02, "encode": 0.2, "head": 0.02, "write": 0.05,
+                               "infer": 0.25})
     assert _value("tagger_batch_size_count") == count + 1
     assert _value("tagger_batch_size_bucket", le="4.0") == le4 + 1
     assert abs(_value("tagger_stage_seconds_sum", stage="infer") - infer - 0.25) < 1e-9
