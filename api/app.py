@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, health, ingest, metrics, reads, review
+from api import errors, health, images, ingest, metrics, openapi, reads, review, review_page
 from api.config import ApiSettings
 from api.state import AppState
 from shared.config import Settings, get_settings
@@ -38,9 +38,13 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
                   summary="Ingest product uploads; read tags; review uncertain ones.")
     app.state.tagger = state
     errors.install(app)
+    openapi.install(app)  # models named only by $ref (the ingest body) into components
     app.include_router(health.router)
     app.include_router(ingest.router)
     app.include_router(reads.router)
     app.include_router(review.router)
+    app.include_router(images.router)
+    app.include_router(review_page.router)
+    review_page.mount_static(app)
     app.include_router(metrics.router)
     return app

@@ -4,10 +4,12 @@ so load balancers and orchestrators can call them. Details of a failure go to th
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.state import get_state
 from shared.db.session import get_engine
@@ -15,6 +17,15 @@ from shared.errors import TaggerError
 
 log = logging.getLogger("tagger.api.health")
 router = APIRouter(tags=["health"])
+
+
+class Readiness(BaseModel):
+    """Each dependency ``ok`` or ``down``; ``detail`` names the ones down (503 only)."""
+
+    # Documents the body readyz builds by hand (it picks its status code itself).
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, Literal["ok", "down"]]
+    detail: str | None = None
 
 
 @router.get("/healthz")
@@ -42,7 +53,10 @@ def _broker_ok(request: Request) -> bool:
     return True
 
 
-@router.get("/readyz", responses={503: {"description": "The database or the broker is down (named)."}})
+@router.get("/readyz", responses={
+    200: {"model": Readiness, "description": "The database and the broker answer."},
+    503: {"model": Readiness, "description": "The database or the broker is down (named)."},
+})
 def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 when the database answers SELECT 1 and the broker accepts a connection, else 503."""
     checks = {"database": _database_ok(get_state(request).settings.database_url),

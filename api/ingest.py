@@ -16,7 +16,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, require
-from api.errors import BadRequest, LimitExceeded
+from api.config import ApiSettings
+from api.errors import AUTH_ERRORS, BadRequest, LimitExceeded, responses
+from api.openapi import ref
 from api.records import mark_enqueued, record_events
 from api.state import AppState, get_state
 from shared.db.base import utcnow
@@ -124,10 +126,30 @@ def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
     return True
 
 
+# The body is read raw (see _read_body), so FastAPI cannot see it: describe it here. maxItems is a
+# setting, hence in the description and not in the schema (the document must not depend on the env).
+_MAX_BATCH = ApiSettings.model_fields["max_batch"].default
+_BODY = {
+    "required": True,
+    "description": (
+        f"One product.uploaded event, or a JSON list of them (at most TAGGER_API_MAX_BATCH events, "
+        f"default {_MAX_BATCH}; the body at most TAGGER_API_MAX_BODY_BYTES bytes). Each event is "
+        "validated on its own: the valid ones are accepted, the others listed with their field errors."
+    ),
+    "content": {"application/json": {"schema": {"oneOf": [
+        ref(ProductUploaded),
+        {"type": "array", "items": ref(ProductUploaded), "minItems": 1, "title": "Batch"},
+    ]}}},
+}
+
+
 @router.post(
-    "/events", status_code=202, response_model=IngestResult,
-    responses={413: {"description": "Body or batch over its configured limit (named in the answer)."},
-               422: {"model": IngestResult, "description": "Every event in the request was invalid."}},
+    "/events", status_code=202, response_model=IngestResult, openapi_extra={"requestBody": _BODY},
+    responses={
+        **responses(400, *AUTH_ERRORS,
+                    (413, "Body or batch over its configured limit (``limit`` names it).")),
+        422: {"model": IngestResult, "description": "Every event in the request was invalid."},
+    },
 )
 async def post_events(
     request: Request, principal: Annotated[Principal, Depends(require("producer"))],

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from api.auth import require
-from api.errors import BadRequest, InvalidParameter, NotFound, ServerFault
+from api.errors import AUTH_ERRORS, BadRequest, InvalidParameter, NotFound, ServerFault, responses
 from api.state import AppState, get_state
 from shared.db.models import TAG_STATUSES, Product, ProductTag
 from shared.db.session import session_scope
@@ -88,7 +88,7 @@ class Taxonomy(BaseModel):
 
 
 @router.get("/products/{product_id}/tags", response_model=ProductTags,
-            responses={404: {"description": "No product with this id has been tagged."}})
+            responses=responses(*AUTH_ERRORS, (404, "No product with this id has been tagged."), 422))
 def product_tags(request: Request, product_id: str) -> ProductTags:
     """Every tag of a product (all statuses, both sources), by axis then highest score first."""
     with session_scope(get_state(request).settings.database_url) as session:
@@ -140,13 +140,14 @@ def _check_statuses(statuses: list[str]) -> list[str]:
 
 @router.get(
     "/tags/{axis}/{value}/products", response_model=TaggedProductsPage,
-    responses={400: {"description": "The cursor was not one this API handed out."},
-               422: {"description": "Unknown status, or limit/min_score out of range (named)."}},
+    responses=responses((400, "The cursor was not one this API handed out."), *AUTH_ERRORS,
+                        (422, "Unknown status, or limit/min_score out of range (named).")),
 )
 def tagged_products(
     request: Request, axis: str, value: str,
     status: Annotated[list[str] | None, Query(
-        description=f"Tag statuses to include (repeat the parameter); default: {', '.join(APPLIED_STATUSES)}."
+        description=f"Tag statuses to include, of {', '.join(TAG_STATUSES)} (repeat the parameter); "
+                    f"default: {', '.join(APPLIED_STATUSES)}."
     )] = None,
     min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="Lowest score to include.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = 100,
@@ -209,7 +210,7 @@ def _default_taxonomy(model_dir: Path) -> dict[str, Any]:
 
 
 @router.get("/taxonomy", response_model=Taxonomy,
-            responses={500: {"description": "The served model's manifest is missing or unreadable."}})
+            responses=responses(*AUTH_ERRORS, (500, "The served model's manifest is missing or unreadable.")))
 def taxonomy(request: Request) -> dict[str, Any]:
     """Axes and values of the live registry version, or of the shipped model when none is live."""
     state = get_state(request)

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import aliased
 
 from api.auth import require
-from api.errors import BadRequest, InvalidParameter, NotFound
+from api.errors import AUTH_ERRORS, BadRequest, InvalidParameter, NotFound, responses
+from api.reads import taxonomy as served_taxonomy
 from api.state import get_state
 from shared.db.models import Product, ProductTag
 from shared.db.session import session_scope
@@ -136,7 +137,7 @@ def _queue_query(axis: str | None) -> sa.Subquery:
 
 
 @router.get("/review", response_model=ReviewPage,
-            responses={400: {"description": "The cursor was not one this API handed out."}})
+            responses=responses((400, "The cursor was not one this API handed out."), *AUTH_ERRORS, 422))
 def review_queue(
     request: Request,
     axis: Annotated[str | None, Query(description="Only items on this axis.")] = None,
@@ -183,19 +184,38 @@ def review_queue(
 # --- POST /v1/products/{product_id}/decisions --------------------------------------------------------
 
 
+def multi_label_axes(request: Request) -> frozenset[str]:
+    """The axes the served model (live registry version, else the shipped one) calls ``multi``.
+
+    The same cached taxonomy ``GET /v1/taxonomy`` answers with, so a decision and the taxonomy a
+    client reads always agree on an axis's kind.
+    """
+    axes = served_taxonomy(request)["axes"]
+    return frozenset(name for name, axis in axes.items() if axis["kind"] == "multi")
+
+
 @router.post(
     "/products/{product_id}/decisions", response_model=DecisionResult,
-    responses={404: {"description": "No product with this id."},
-               422: {"description": "A decision cannot be stored; the answer names its index. "
-                                    "Nothing is applied."}},
+    responses=responses(
+        (400, "The body is not valid JSON."), *AUTH_ERRORS, (404, "No product with this id."),
+        (422, "A decision cannot be stored (the answer names its index; nothing is applied), "
+              "or the body is not a list of decisions."),
+        (500, "The served model's manifest (axis kinds) is missing or unreadable."),
+    ),
 )
 def post_decisions(request: Request, product_id: str, body: Decisions) -> DecisionResult:
-    """Apply every decision in one transaction: all of them, or (on any error) none."""
+    """Apply every decision in one transaction: all of them, or (on any error) none.
+
+    On a multi-label axis of the served model a confirmation leaves the product's other confirmed
+    values on the axis alone; on a single-label axis (or one the model does not know) it rejects them.
+    """
+    multi = multi_label_axes(request)
     changed: list[Change] = []
     with session_scope(get_state(request).settings.database_url) as session:
         for index, d in enumerate(body.decisions):
             try:
-                changes = decide(session, product_id, d.axis, d.value, d.action, d.corrected_value)
+                changes = decide(session, product_id, d.axis, d.value, d.action, d.corrected_value,
+                                 multi=d.axis.strip() in multi)
             except ProductNotFound as exc:
                 raise NotFound(str(exc)) from None
             except LabelError as exc:

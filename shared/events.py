@@ -49,6 +49,14 @@ class ProductUploaded(BaseModel):
     locale: Locale | None = Field(None, description="BCP 47-like tag, e.g. 'en-IN'.")
     occurred_at: AwareDatetime = Field(description="When the upload happened; must carry a timezone.")
 
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _date_time_not_number(cls, value: object) -> object:
+        """A number is not a time: pydantic's lax mode would read 0 as 1970-01-01Z, hiding a producer bug."""
+        if isinstance(value, int | float):
+            raise ValueError("expected an ISO 8601 date-time string with a timezone, not a number")
+        return value
+
     @field_validator("image_uri")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:

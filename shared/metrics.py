@@ -5,17 +5,24 @@ Every helper swallows its own errors: a metrics problem must never fail a reques
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("tagger.metrics")
 
-STAGES = ("infer", "write")  # what workers.tagging.process_batch times today
+# What workers.tagging.process_batch times: image fetch, photo decode+resize, both encoders,
+# fusion head+calibration+ranking, the one-transaction write; "infer" is fetch..head together.
+STAGES = ("fetch", "decode", "encode", "head", "write", "infer")
 
 events_accepted_total = Counter("tagger_events_accepted_total", "Events accepted by POST /v1/events.")
 events_rejected_total = Counter("tagger_events_rejected_total", "Events rejected by POST /v1/events.")
-queue_depth = Gauge("tagger_queue_depth", "Messages waiting on a broker queue.", ["queue"])
+queue_depth = Gauge("tagger_queue_depth", "Messages waiting on a broker queue (read from Redis when the "
+                    "API's /metrics is scraped).", ["queue"])
+broker_up = Gauge("tagger_broker_up", "1 when the last /metrics scrape read the queue depths from the "
+                  "broker, 0 when it could not (then there is no tagger_queue_depth series).")
 batch_size = Histogram("tagger_batch_size", "Deliveries per tagging batch.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 stage_seconds = Histogram("tagger_stage_seconds", "Seconds spent per tagging stage.", ["stage"])
@@ -65,6 +72,67 @@ def set_queue_depth(queue: str, depth: int) -> None:
         queue_depth.labels(queue=queue).set(depth)
     except Exception:  # pragma: no cover
         log.debug("metrics_failed", exc_info=True)
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for ``queue``: the plain one (priority 0, what Celery uses unless a
+    task sets a priority) and one per priority step, named by the installed kombu's rule."""
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    return [queue] + [f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step]
+
+
+def _redis_url(broker_url: str) -> str:
+    scheme, _, rest = broker_url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("redis", "rediss"):
+        return broker_url
+    if scheme == "redis+socket":
+        return f"unix://{rest}"
+    raise ValueError(f"queue depth is read from Redis brokers only, not {scheme}://")
+
+
+def read_queue_depths(broker_url: str, queues: Sequence[str], timeout_s: float) -> dict[str, int]:
+    """Messages waiting per queue (LLEN of its lists, summed; delivered-but-unacked ones are not waiting),
+    in one round trip. A fresh connection per call: scrapes are rare and nothing is left to close.
+    No retries and ``timeout_s`` on connect and reply, so a dead broker costs at most ~2 x timeout_s."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(_redis_url(broker_url), socket_connect_timeout=timeout_s,
+                                  socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for key in queue_keys(queue):
+                    pipe.llen(key)
+            sizes = iter(pipe.execute())
+    finally:
+        client.close()
+    return {queue: sum(int(next(sizes)) for _ in queue_keys(queue)) for queue in queues}
+
+
+def refresh_queue_depths(broker_url: str, queues: Sequence[str], timeout_s: float = 1.0) -> bool:
+    """Set ``tagger_queue_depth`` from the broker now (the API calls it on each scrape: no poller, never
+    stale). If the broker cannot be read, the queues' series are removed rather than set to a made-up
+    number, ``tagger_broker_up`` is 0 and a warning is logged; never raises. True when read."""
+    try:
+        depths = read_queue_depths(broker_url, queues, timeout_s)
+    except Exception as exc:
+        from kombu.utils.url import maybe_sanitize_url
+
+        log.warning("queue_depth_unavailable broker=%s error=%s: %s",
+                    maybe_sanitize_url(broker_url), type(exc).__name__, exc)
+        for queue in queues:
+            with contextlib.suppress(KeyError):
+                queue_depth.remove(queue)
+        broker_up.set(0)
+        return False
+    for queue, depth in depths.items():
+        set_queue_depth(queue, depth)
+    broker_up.set(1)
+    return True
 
 
 _server_started = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from api import openapi as api_commands
 from shared import apikeys_commands, labels_commands, publish_commands, registry_commands
 from shared.db import commands as db_commands
 from shared.ml import commands as model_commands
@@ -20,6 +21,7 @@ labels_commands.register(app)
 registry_commands.register(app)
 apikeys_commands.register(app)
 pipeline_commands.register(app)
+api_commands.register(app)
 
 
 def main() -> None:

@@ -1,18 +1,26 @@
 """Review routes: the queue (only undecided review tags, most uncertain first, axis filter, cursor) and
-decisions (confirm, correct, 404, 422 with nothing applied, 401/403)."""
+decisions (confirm, correct, axis kinds from the served model, 404, 422 with nothing applied, 401/403)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from api.app import create_app
+from shared.config import DEFAULT_MODEL_DIR, Settings
 from shared.db.models import ProductTag
 from shared.db.session import get_engine, session_scope
 from shared.db.tags import TaggingResult, apply_batch
+from shared.registry import register
+from shared.storage import LocalStore
+from tests.api.conftest import LIMITS, REDIS_URL
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -133,6 +141,66 @@ def test_correct_rejects_old_and_confirms_new(
         ("Black", "rejected"), ("Navy", "confirmed")]
     rows = tag_rows(db, "r2", "colour")
     assert rows["Black"] == ("rejected", "human") and rows["Navy"] == ("confirmed", "human")
+
+
+@pytest.fixture
+def multi_model_client(db: str, tmp_path: Path, broker: Any) -> Iterator[TestClient]:
+    """An app whose live registry model has a multi-label axis ``style`` next to the shipped single ones."""
+    store = LocalStore(tmp_path / "objects")
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["version"] = "review-multi-v1"
+    manifest["axes"]["style"] = {**manifest["axes"]["gender"], "kind": "multi",
+                                 "values": ["Casual", "Formal", "Sporty"]}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    with session_scope(db) as session:
+        register(session, store, model_dir, status="live")
+    settings = Settings(database_url=db, broker_url=REDIS_URL, object_store_url=f"file://{store.root}",
+                        cache_dir=tmp_path / "cache")
+    try:
+        with TestClient(create_app(settings, LIMITS)) as test_client:
+            yield test_client
+    finally:
+        with get_engine(db).begin() as connection:
+            connection.exec_driver_sql("TRUNCATE model_versions")
+
+
+def test_confirm_on_multi_label_axis_keeps_other_confirmed_values(
+    multi_model_client: TestClient, tokens: dict[str, str], db: str,
+) -> None:
+    with session_scope(db) as session:
+        apply_batch(session, [result("m1", (
+            ("style", "Casual", 0.5, "review"), ("style", "Sporty", 0.4, "review"),
+            ("gender", "Men", 0.5, "review"), ("gender", "Women", 0.4, "review")))])
+
+    def confirm(axis: str, value: str) -> list[dict[str, str]]:
+        response = multi_model_client.post(
+            "/v1/products/m1/decisions", headers=auth(tokens),
+            json={"decisions": [{"axis": axis, "action": "confirm", "value": value}]})
+        assert response.status_code == 200, response.text
+        return response.json()["changed"]
+
+    confirm("style", "Casual")
+    assert confirm("style", "Sporty") == [{"axis": "style", "value": "Sporty", "status": "confirmed"}]
+    rows = tag_rows(db, "m1", "style")
+    assert rows["Casual"] == ("confirmed", "human") and rows["Sporty"] == ("confirmed", "human")
+    # gender is single-label in the same model: a second value replaces the first.
+    confirm("gender", "Men")
+    assert sorted((c["value"], c["status"]) for c in confirm("gender", "Women")) == [
+        ("Men", "rejected"), ("Women", "confirmed")]
+
+
+def test_unknown_axis_is_single_label(
+    client: TestClient, tokens: dict[str, str], db: str, catalogue: None,
+) -> None:
+    """colour is not an axis of the shipped model: a confirmation there keeps the single-label rule."""
+    for value in ("Blue", "Navy"):
+        response = client.post("/v1/products/r1/decisions", headers=auth(tokens),
+                               json={"decisions": [{"axis": "colour", "action": "confirm", "value": value}]})
+        assert response.status_code == 200, response.text
+    rows = tag_rows(db, "r1", "colour")
+    assert rows["Blue"] == ("rejected", "human") and rows["Navy"] == ("confirmed", "human")
 
 
 def test_unknown_product_is_404(client: TestClient, tokens: dict[str, str], db: str) -> None:

@@ -73,6 +73,9 @@ def test_ids_are_bounded_and_not_blank(field: str) -> None:
 
 def test_naive_timestamp_is_rejected() -> None:
     assert errors_for(occurred_at="2025-06-01T10:00:00") == ["occurred_at: Input should have timezone info"]
+    for number in (0, 1_700_000_000, 1.5, True):
+        assert errors_for(occurred_at=number) == [
+            "occurred_at: expected an ISO 8601 date-time string with a timezone, not a number"], number
     with pytest.raises(ValidationError):
         ProductUploaded(**{**GOOD, "occurred_at": datetime(2025, 6, 1)})
 
