@@ -125,14 +125,19 @@ def write_images(products: list[Product], folder: Path) -> dict[str, str | None]
 # --- (a) the model alone ------------------------------------------------------------------
 
 
-def measure_model(products: list[Product], batch: int, settings: Settings) -> ModelRate:
-    """Seconds for encoders + head on pre-decoded inputs, and for ``predict()`` from image bytes."""
+def measure_model(products: list[Product], batch: int, settings: Settings, streams: int = 1) -> ModelRate:
+    """Seconds for encoders + head on pre-decoded inputs, and for ``predict()`` from image bytes,
+    with the worker's layout: ``streams`` batches at once (its -c), ``settings.torch_threads`` each."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import torch
 
+    from shared.ml.device import set_cpu_threads
     from shared.ml.features import text_features
     from shared.ml.predictor import Item, Tagger
 
+    set_cpu_threads(settings.torch_threads)
     tagger = Tagger.load(settings=settings, cache=None)
     enc = tagger.image_encoder
     prepared = enc.prepare_many([p.image for p in products])  # decode + resize: not timed
@@ -157,18 +162,18 @@ def measure_model(products: list[Product], batch: int, settings: Settings) -> Mo
             im[rows] = True
         tagger.probabilities(tx, tm, ix, im)
 
-    run(*ready[0])  # warm-up
-    t0 = time.perf_counter()
-    for texts, chunks in ready:
-        run(texts, chunks)
-    pre_decoded_s = time.perf_counter() - t0
-
     items = [Item(p.text, p.image) for p in products]
-    tagger.predict(items[:batch])
-    t0 = time.perf_counter()
-    for start in range(0, len(items), batch):
-        tagger.predict(items[start : start + batch], top_k=3)
-    predict_s = time.perf_counter() - t0
+    batches = [items[start : start + batch] for start in range(0, len(items), batch)]
+    with ThreadPoolExecutor(streams, thread_name_prefix="model") as pool:
+        list(pool.map(lambda r: run(*r), ready[:streams]))  # warm-up, every stream
+        t0 = time.perf_counter()
+        list(pool.map(lambda r: run(*r), ready))
+        pre_decoded_s = time.perf_counter() - t0
+
+        list(pool.map(lambda b: tagger.predict(b, top_k=3), batches[:streams]))
+        t0 = time.perf_counter()
+        list(pool.map(lambda b: tagger.predict(b, top_k=3), batches))
+        predict_s = time.perf_counter() - t0
 
     return ModelRate(tagger.version, str(tagger.device), torch.get_num_threads(), pre_decoded_s, predict_s)
 
@@ -220,18 +225,18 @@ def reset_database(url: str) -> None:
 
 
 class WorkerProcess:
-    """``celery -A workers.app worker`` on the tagging queue (threads pool, one thread)."""
+    """``celery -A workers.app worker`` on the tagging queue (threads pool, ``concurrency`` threads)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name, self.env, self.log_path = name, env, log_path
+    def __init__(self, name: str, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
+        self.name, self.env, self.log_path, self.concurrency = name, env, log_path, concurrency
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float) -> None:
-        """Start it and wait until the model is loaded and the consumer is ready."""
+        """Start it and wait until the model is loaded, the consumer ready and every pool thread warm."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE,
-                 "-P", "threads", "-c", "1", "--without-gossip", "--without-mingle",
+                 "-P", "threads", "-c", str(self.concurrency), "--without-gossip", "--without-mingle",
                  "--loglevel=INFO", "-n", f"{self.name}@%h"],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
@@ -239,7 +244,7 @@ class WorkerProcess:
         while True:
             self.check_alive()
             text = self.log()
-            if "model_loaded" in text and " ready." in text:
+            if "model_loaded" in text and " ready." in text and "pool_warmed" in text:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker {self.name} not ready after {timeout:.0f}s:\n{self.tail()}")
@@ -369,20 +374,20 @@ def finished_times(url: str) -> dict[str, float]:
 
 
 def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: argparse.Namespace,
-                 workdir: Path) -> RunResult:
+                 workdir: Path, concurrency: int = 1) -> RunResult:
     """Fresh Redis db and database, a ready worker, one burst of events, wait for every commit."""
     reset_redis(args.redis)
     reset_database(args.postgres)
     env = {
         **os.environ, "TAGGER_BROKER_URL": args.redis, "TAGGER_DATABASE_URL": args.postgres,
         "TAGGER_ALLOW_FILE_URIS": "true", "TAGGER_BATCH_SIZE": str(batch), "TAGGER_TAGGING_QUEUE": QUEUE,
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TAGGER_TORCH_THREADS": str(args.torch_threads),
     }
     logs = args.logs or workdir
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"worker-{label}.log"
     log_path.unlink(missing_ok=True)
-    worker = WorkerProcess(f"bench-{label}-{os.getpid()}", env, log_path)
+    worker = WorkerProcess(f"bench-{label}-{os.getpid()}", env, log_path, concurrency)
     try:
         worker.start(args.ready_timeout)
         stamps = publish_burst(args.redis, events, args.publishers, args.publish_chunk)
@@ -406,7 +411,8 @@ def describe_batches(r: RunResult) -> str:
     infer, write = sum(b[1] for b in r.batches) / 1000, sum(b[2] for b in r.batches) / 1000
     busy = infer + write
     return (f"{r.label}: {len(sizes)} batches, size mean {sum(sizes) / len(sizes):.1f} "
-            f"(min {min(sizes)}, max {max(sizes)}); in batches {busy:.2f}s of {r.seconds:.2f}s wall "
+            f"(min {min(sizes)}, max {max(sizes)}); in batches {busy:.2f}s (summed over threads) of "
+            f"{r.seconds:.2f}s wall "
             f"(fetch+decode+model {infer:.2f}s, db write {write:.2f}s, outside batches "
             f"{max(0.0, r.seconds - busy):.2f}s); publishing took {r.publish_s:.2f}s")
 
@@ -421,6 +427,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the product sample")
     ap.add_argument("--redis", default=DEFAULT_REDIS, help="broker URL; this db is FLUSHDB'd")
     ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="database URL; dropped and re-created")
+    ap.add_argument("--concurrency", "-c", type=int, default=1,
+                    help="batches the worker runs at once (tagger worker -c); (a) runs as many streams")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch CPU threads per forward pass (TAGGER_TORCH_THREADS; 0: torch's default)")
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--publish-chunk", type=int, default=1, help="events per publish() call")
     ap.add_argument("--poll", type=float, default=0.05, help="seconds between completion polls")
@@ -428,33 +438,37 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for one run to finish")
     ap.add_argument("--logs", type=Path, default=None, help="keep the worker logs in this folder")
     args = ap.parse_args()
-    if args.n < 1:
-        ap.error("--n must be at least 1")
+    if args.n < 1 or args.concurrency < 1 or args.torch_threads < 0:
+        ap.error("--n and --concurrency must be at least 1, --torch-threads at least 0")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     base = Settings()
     batch = args.batch or base.batch_size
-    settings = Settings(batch_size=batch)
+    settings = Settings(batch_size=batch, torch_threads=args.torch_threads)
 
     manifest, products = load_products(args.n, args.manifest, args.seed)
     with_images = sum(p.image is not None for p in products)
-    model = measure_model(products, batch, settings)
+    model = measure_model(products, batch, settings, args.concurrency)
     release_model()
     a_rate = args.n / model.pre_decoded_s
 
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         workdir = Path(tmp)
         uris = write_images(products, workdir / "images")
-        runs = [run_pipeline("batched", batch, make_events(products, uris, "b"), args, workdir),
-                run_pipeline("unbatched", 1, make_events(products, uris, "c"), args, workdir)]
+        runs = [run_pipeline("batched", batch, make_events(products, uris, "b"), args, workdir,
+                             args.concurrency),
+                run_pipeline("unbatched", 1, make_events(products, uris, "c"), args, workdir,
+                             args.concurrency)]
     reset_redis(args.redis)
     b, c = runs
 
     print(f"products: {args.n} from {manifest} ({with_images} with images); model {model.version} on "
-          f"{model.device}, torch threads {model.threads}; {os.cpu_count()} CPUs")
+          f"{model.device}; {args.concurrency} stream(s) x {model.threads} torch thread(s); "
+          f"{os.cpu_count()} CPUs")
     print(f"settings: batch {batch}, flush_interval {settings.flush_interval_s}s, prefetch "
-          f"{2 * batch} (batched) / 2 (unbatched), publishers {args.publishers} x chunk "
+          f"{2 * batch * args.concurrency} (batched) / {2 * args.concurrency} (unbatched), "
+          f"publishers {args.publishers} x chunk "
           f"{args.publish_chunk}, redis {args.redis}, postgres {args.postgres}")
     print()
     print(f"{'measurement':<40} {'batch':>5} {'events':>6} {'seconds':>8} {'events/s':>9} "

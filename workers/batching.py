@@ -7,6 +7,12 @@ can no longer be acked either. So every time the consumer (re)builds its strateg
 stale handle and the stale buffer: Redis redelivers those messages after the visibility timeout,
 and the batch writes are idempotent.
 
+celery-batches flushes whatever is buffered at each tick of a repeating ``flush_interval`` timer, so
+under load a tick that lands while the consumer refills its prefetch window splits a full batch
+into 2 + 30 (measured: one batch in four). Here a partial batch runs only once its OLDEST request
+has waited half the interval (the timer ticks twice per interval): the longest wait stays under
+``flush_interval``, and a refill in progress has time to complete the batch.
+
 celery-batches also acks every request of a batch when the batch returns, even when it raised.
 Here a batch reports the requests it could neither write, re-enqueue nor dead-letter (the broker
 and the database both down) under :data:`UNACKED`; those, and every request of a batch that
@@ -18,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from itertools import count
+from time import monotonic
 from typing import Any
 
 from celery_batches import Batches, SimpleRequest
@@ -51,7 +58,35 @@ class ReliableBatches(Batches):
         if stale:
             log.warning("batch_buffer_dropped n=%d reason=consumer_restart", stale)
         self._count = count(1)
-        return super().Strategy(task, app, consumer)
+        self._first_at: float | None = None  # when the oldest request now buffered arrived
+        handler = super().Strategy(task, app, consumer)
+        timer = consumer.timer
+
+        def on_message(*args: Any, **kwargs: Any) -> None:
+            if self._buffer.empty():
+                self._first_at = monotonic()
+            if self._tref is None:  # armed here so that it ticks twice per interval (upstream: once)
+                self._tref = timer.call_repeatedly(self.flush_interval / 2, self._do_flush)
+            handler(*args, **kwargs)
+
+        return on_message
+
+    def _do_flush(self) -> None:
+        """Flush a full batch at once; a partial one only when its oldest request is half an interval old."""
+        if not flush_due(self._buffer.qsize(), self.flush_every, getattr(self, "_first_at", None),
+                         monotonic(), self.flush_interval, pending=not self._pending.empty()):
+            return  # young partial batch: the next tick (or the flush_every-th message) takes it
+        self._first_at = None
+        super()._do_flush()
+
+
+def flush_due(buffered: int, flush_every: int, first_at: float | None, now: float, interval: float,
+              pending: bool = False) -> bool:
+    """Whether a flush tick should run the buffer now: when it is empty (upstream then stops the
+    timer), full, holds ETA requests, or its oldest request has waited half of ``interval``."""
+    if buffered == 0 or buffered >= flush_every or pending or first_at is None:
+        return True
+    return now - first_at >= interval / 2
 
     def flush(self, requests: Collection[Any]) -> Any:
         """Run the batch in the pool; ack after it returns, except what it could not hand off."""

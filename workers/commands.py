@@ -18,6 +18,11 @@ def worker(
     pool: Annotated[str, typer.Option(help="threads or solo: CUDA does not survive a fork.")] = "threads",
     queue: Annotated[str | None, typer.Option(
         help="Queue to consume: the tagging queue (default) or the training queue (retrains).")] = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", "-c", min=1,
+        help="Batches run at once, sharing one loaded model. 1 for a GPU; on a CPU-only host 2 lets "
+             "one batch's fetch and write overlap another's model (set TAGGER_TORCH_THREADS to "
+             "cores / N).")] = 1,
 ) -> None:
     """Run a worker: tagging (one process per GPU, model loaded once at start) or training."""
     from shared.config import get_settings
@@ -25,7 +30,7 @@ def worker(
 
     s = get_settings()
     q = queue or s.tagging_queue
-    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", "1", f"--loglevel={loglevel}",
+    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", str(concurrency), f"--loglevel={loglevel}",
                      "-E", "--without-gossip", "--without-mingle"])
 
 

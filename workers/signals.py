@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_init, worker_process_init
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_ready
 
 log = logging.getLogger("workers.signals")
 
@@ -60,3 +62,30 @@ def _load_in_main_process(sender: Any = None, instance: Any = None, **_kwargs: A
 def _load_in_child(**_kwargs: Any) -> None:
     """prefork: each child loads its own copy after the fork (CUDA does not survive a fork)."""
     _load_or_exit()
+
+
+@worker_ready.connect
+def _warm_pool_threads(sender: Any = None, **_kwargs: Any) -> None:
+    """threads pool: warm each pool thread (see :func:`workers.hotswap.warm_threads`) in the
+    background; logs ``pool_warmed`` when done. Other pools run tasks in the loading thread."""
+    from concurrent.futures import wait
+
+    from workers import tagging
+    from workers.hotswap import warm_threads
+
+    pool = getattr(sender, "pool", None)
+    executor, threads, rt = getattr(pool, "executor", None), getattr(pool, "limit", 0), tagging._runtime
+    if executor is None or not threads or rt is None:
+        return
+    t0 = time.perf_counter()
+    futures = warm_threads(executor, threads, rt.tagger, rt.settings.batch_size)
+
+    def report() -> None:
+        done, _ = wait(futures)
+        failed = [f.exception() for f in done if f.exception() is not None]
+        if failed:
+            log.warning("pool_warm_failed threads=%d error=%s", threads, failed[0])
+        else:
+            log.info("pool_warmed threads=%d ms=%d", threads, (time.perf_counter() - t0) * 1000)
+
+    threading.Thread(target=report, name="pool-warm-report", daemon=True).start()

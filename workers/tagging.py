@@ -48,10 +48,12 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
+            from shared.ml.device import set_cpu_threads
             from shared.ml.predictor import Tagger
 
             s = settings or get_settings()
             t0 = time.perf_counter()
+            threads = set_cpu_threads(s.torch_threads)
             tagger = Tagger.load(settings=s)
             warm_up(tagger, s.batch_size)
             rt = Runtime(settings=s, tagger=tagger, fetcher=ImageFetcher(s))
@@ -60,8 +62,8 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             tagger = rt.tagger
             _runtime = rt
             set_live_model(tagger.version)
-            log.info("model_loaded version=%s device=%s ms=%d", tagger.version, tagger.device,
-                     (time.perf_counter() - t0) * 1000)
+            log.info("model_loaded version=%s device=%s torch_threads=%d ms=%d", tagger.version,
+                     tagger.device, threads, (time.perf_counter() - t0) * 1000)
         return _runtime
 
 

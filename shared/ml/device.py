@@ -19,3 +19,14 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def set_cpu_threads(n: int) -> int:
+    """Cap torch's intra-op CPU threads at ``n`` (0 keeps torch's default); returns the count in use.
+
+    Why: a CPU worker running N batches at once (``tagger worker -c N``) should give each forward
+    pass cores / N threads; N passes each asking for every core just fight over them.
+    """
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()

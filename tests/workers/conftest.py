@@ -114,11 +114,11 @@ def worker_env(model_dir: Path, settings: Any) -> Callable[..., dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def start_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, dict], Worker]]:
+def start_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Worker]]:
     folder = tmp_path_factory.mktemp("workers")
 
-    def start(name: str, env: dict[str, str]) -> Worker:
-        w = Worker(name, env, folder)
+    def start(name: str, env: dict[str, str], concurrency: int = 1) -> Worker:
+        w = Worker(name, env, folder, concurrency)
         _workers.append(w)
         return w.start()
 

@@ -105,10 +105,10 @@ def _task_kwargs(message: dict) -> dict:
 
 
 class Worker:
-    """A real ``celery worker`` process (threads pool, one thread), its output in a log file."""
+    """A real ``celery worker`` process (threads pool, ``concurrency`` threads), its output in a log file."""
 
-    def __init__(self, name: str, env: dict[str, str], folder: Path) -> None:
-        self.name, self.env, self.folder = name, env, folder
+    def __init__(self, name: str, env: dict[str, str], folder: Path, concurrency: int = 1) -> None:
+        self.name, self.env, self.folder, self.concurrency = name, env, folder, concurrency
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -122,13 +122,14 @@ class Worker:
             log.write(f"\n===== start {self.starts} =====\n")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "tagging", "-P", "threads",
-             "-c", "1", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+             "-c", str(self.concurrency), "--loglevel=INFO", "--without-gossip", "--without-mingle",
              "-n", f"{self.name}-{self.starts}@%h"],
             cwd=REPO, env=self.env, stdout=open(self.log_path, "a"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         mark = f"===== start {self.starts} ====="
         wait_for(lambda: self._alive_or_fail() and self._since(mark, "model_loaded")
-                 and self._since(mark, " ready."), timeout, f"worker {self.name} to be ready", every=0.2)
+                 and self._since(mark, " ready.") and self._since(mark, "pool_warmed"), timeout,
+                 f"worker {self.name} to be ready", every=0.2)
         return self
 
     def _alive_or_fail(self) -> bool:

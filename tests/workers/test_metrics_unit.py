@@ -49,3 +49,16 @@ def test_worker_server_off_without_port() -> None:
     assert metrics.start_worker_server(None) is None
     assert metrics.start_worker_server("") is None
     assert metrics.start_worker_server("not-a-port") is None
+
+
+def test_cpu_threads_setting() -> None:
+    import torch
+
+    from shared.ml.device import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(0) == before  # 0 keeps torch's default
+        assert set_cpu_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
