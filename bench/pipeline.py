@@ -427,10 +427,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the product sample")
     ap.add_argument("--redis", default=DEFAULT_REDIS, help="broker URL; this db is FLUSHDB'd")
     ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="database URL; dropped and re-created")
-    ap.add_argument("--concurrency", "-c", type=int, default=1,
-                    help="batches the worker runs at once (tagger worker -c); (a) runs as many streams")
+    ap.add_argument("--concurrency", "-c", type=int, default=0,
+                    help="batches the worker runs at once (tagger worker -c; 0: its default, 1 on a GPU "
+                         "and 2 on the CPU); (a) runs as many streams")
     ap.add_argument("--torch-threads", type=int, default=0,
-                    help="torch CPU threads per forward pass (TAGGER_TORCH_THREADS; 0: torch's default)")
+                    help="torch CPU threads per forward pass (TAGGER_TORCH_THREADS; 0: the worker's "
+                         "default, cores / concurrency on the CPU)")
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--publish-chunk", type=int, default=1, help="events per publish() call")
     ap.add_argument("--poll", type=float, default=0.05, help="seconds between completion polls")
@@ -438,12 +440,15 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for one run to finish")
     ap.add_argument("--logs", type=Path, default=None, help="keep the worker logs in this folder")
     args = ap.parse_args()
-    if args.n < 1 or args.concurrency < 1 or args.torch_threads < 0:
-        ap.error("--n and --concurrency must be at least 1, --torch-threads at least 0")
+    if args.n < 1 or args.concurrency < 0 or args.torch_threads < 0:
+        ap.error("--n must be at least 1, --concurrency and --torch-threads at least 0")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     base = Settings()
+    from shared.ml.device import worker_layout
+
+    args.concurrency, args.torch_threads = worker_layout(base.device, args.concurrency, args.torch_threads)
     batch = args.batch or base.batch_size
     settings = Settings(batch_size=batch, torch_threads=args.torch_threads)
 

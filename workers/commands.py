@@ -19,18 +19,26 @@ def worker(
     queue: Annotated[str | None, typer.Option(
         help="Queue to consume: the tagging queue (default) or the training queue (retrains).")] = None,
     concurrency: Annotated[int, typer.Option(
-        "--concurrency", "-c", min=1,
-        help="Batches run at once, sharing one loaded model. 1 for a GPU; on a CPU-only host 2 lets "
-             "one batch's fetch and write overlap another's model (set TAGGER_TORCH_THREADS to "
-             "cores / N).")] = 1,
+        "--concurrency", "-c", min=0,
+        help="Batches run at once, sharing one loaded model. 0: 1 on a GPU, 2 on the CPU (one "
+             "batch's fetch and write overlap the other's model; TAGGER_TORCH_THREADS then defaults "
+             "to cores / 2).")] = 0,
 ) -> None:
     """Run a worker: tagging (one process per GPU, model loaded once at start) or training."""
     from shared.config import get_settings
+    from shared.ml.device import worker_layout
     from workers.app import app
 
     s = get_settings()
     q = queue or s.tagging_queue
-    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", str(concurrency), f"--loglevel={loglevel}",
+    if q == s.tagging_queue:
+        concurrency, threads = worker_layout(s.device, concurrency, s.torch_threads)
+        if threads and not s.torch_threads:
+            os.environ["TAGGER_TORCH_THREADS"] = str(threads)  # read when the model loads
+            get_settings.cache_clear()
+        console.print(f"tagging worker: {concurrency} batch(es) at once, torch threads "
+                      f"{threads or 'default'}, device {s.device}")
+    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", str(concurrency or 1), f"--loglevel={loglevel}",
                      "-E", "--without-gossip", "--without-mingle"])
 
 

@@ -105,7 +105,8 @@ def _task_kwargs(message: dict) -> dict:
 
 
 class Worker:
-    """A real ``celery worker`` process (threads pool, ``concurrency`` threads), its output in a log file."""
+    """A real ``celery worker`` process (threads pool, ``concurrency`` threads; 0: ``tagger worker`` with
+    its defaults), its output in a log file."""
 
     def __init__(self, name: str, env: dict[str, str], folder: Path, concurrency: int = 1) -> None:
         self.name, self.env, self.folder, self.concurrency = name, env, folder, concurrency
@@ -120,10 +121,13 @@ class Worker:
         self.starts += 1
         with open(self.log_path, "a") as log:
             log.write(f"\n===== start {self.starts} =====\n")
+        argv = ([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "tagging",
+                 "-P", "threads", "-c", str(self.concurrency), "--loglevel=INFO", "--without-gossip",
+                 "--without-mingle", "-n", f"{self.name}-{self.starts}@%h"]
+                if self.concurrency else  # 0: the operator's command with its own defaults
+                [str(Path(sys.executable).with_name("tagger")), "worker"])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "tagging", "-P", "threads",
-             "-c", str(self.concurrency), "--loglevel=INFO", "--without-gossip", "--without-mingle",
-             "-n", f"{self.name}-{self.starts}@%h"],
+            argv,
             cwd=REPO, env=self.env, stdout=open(self.log_path, "a"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         mark = f"===== start {self.starts} ====="

@@ -1,9 +1,10 @@
-"""A CPU worker running two batches at once (``tagger worker -c 2``, TAGGER_TORCH_THREADS=1): both
-pool threads are warmed before work, and concurrent batches holding the same events and products
-still leave exactly one set of rows each (sorted upserts: no deadlock, no duplicate)."""
+"""``tagger worker`` on the CPU with its defaults runs two batches at once, cores / 2 torch threads
+each: both pool threads are warmed before work, and concurrent batches holding the same events and
+products still leave exactly one set of rows each (sorted upserts: no deadlock, no duplicate)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,8 +19,8 @@ from tests.workers.stack import Images, Stack, event
 def duo_stack(make_redis: Callable, make_db: Callable, worker_env: Callable, start_worker: Callable
               ) -> Iterator[Stack]:
     redis, url = make_redis(), make_db()
-    env = worker_env(redis, url, allow_file_uris="true", torch_threads=1, batch_size=4)
-    worker = start_worker("duo", env, concurrency=2)
+    env = worker_env(redis, url, allow_file_uris="true", batch_size=4)
+    worker = start_worker("duo", env, concurrency=0)  # `tagger worker`, defaults
     db = Db(url)
     with Publisher(redis.url) as publisher:
         yield Stack(redis, db, worker, publisher)
@@ -29,7 +30,9 @@ def duo_stack(make_redis: Callable, make_db: Callable, worker_env: Callable, sta
 
 def test_two_batches_at_once_tag_each_event_once(duo_stack: Stack, images: Images, tag_count: int) -> None:
     log = duo_stack.worker.log()
-    assert "torch_threads=1" in log and "pool_warmed threads=2" in log
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 batch(es) at once, torch threads {threads}" in log
+    assert f"torch_threads={threads}" in log and "pool_warmed threads=2" in log
 
     # 12 products; every event sent twice and every product re-sent under a second event id, in an
     # order that puts copies of the same product into different batches of 4 running side by side.

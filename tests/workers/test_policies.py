@@ -1,5 +1,6 @@
-"""When a flush tick runs a partial batch: only once its oldest request waited half the interval,
-so a tick landing mid-refill does not split a full batch, and no request waits a whole interval."""
+"""Worker policies as pure functions: when a flush tick runs a partial batch (only once its oldest
+request waited half the interval, so a tick landing mid-refill does not split a full batch, and
+no request waits a whole interval), and the default batches-at-once / torch-threads layout."""
 
 from __future__ import annotations
 
@@ -36,3 +37,17 @@ def test_longest_wait_stays_under_the_interval() -> None:
         arrival = tick * k / 50  # between the ticks at 0 and `tick`
         runs_at = next(t * tick for t in range(1, 10) if flush_due(1, EVERY, arrival, t * tick, INTERVAL))
         assert runs_at - arrival < INTERVAL
+
+
+@pytest.mark.parametrize(("device", "asked", "cores", "layout"), [
+    ("cpu", (0, 0), 2, (2, 1)),     # the measured CPU layout
+    ("cpu", (0, 0), 16, (2, 8)),
+    ("cpu", (0, 0), 1, (1, 1)),
+    ("cpu", (3, 0), 12, (3, 4)),
+    ("cpu", (2, 2), 2, (2, 2)),     # what the operator sets wins
+    ("cuda", (0, 0), 16, (1, 0)),   # a GPU: one batch at a time, torch's own threads
+])
+def test_worker_layout(device: str, asked: tuple[int, int], cores: int, layout: tuple[int, int]) -> None:
+    from shared.ml.device import worker_layout
+
+    assert worker_layout(device, *asked, cores=cores) == layout
