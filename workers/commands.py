@@ -20,9 +20,9 @@ def worker(
         help="Queue to consume: the tagging queue (default) or the training queue (retrains).")] = None,
     concurrency: Annotated[int, typer.Option(
         "--concurrency", "-c", min=0,
-        help="Batches run at once, sharing one loaded model. 0: 1 on a GPU, 2 on the CPU (one "
-             "batch's fetch and write overlap the other's model; TAGGER_TORCH_THREADS then defaults "
-             "to cores / 2).")] = 0,
+        help="Tasks run at once. Tagging (0): 1 on a GPU, 2 on the CPU (one batch's fetch and write "
+             "overlap the other's model; TAGGER_TORCH_THREADS then defaults to cores / 2). "
+             "Training (0): 2, so sweeps run beside a retrain.")] = 0,
 ) -> None:
     """Run a worker: tagging (one process per GPU, model loaded once at start) or training."""
     from shared.config import get_settings
@@ -38,7 +38,9 @@ def worker(
             get_settings.cache_clear()
         console.print(f"tagging worker: {concurrency} batch(es) at once, torch threads "
                       f"{threads or 'default'}, device {s.device}")
-    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", str(concurrency or 1), f"--loglevel={loglevel}",
+    else:  # training: a retrain holds one thread for its hour; the other runs the sweeps and checks
+        concurrency = concurrency or 2
+    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", str(concurrency), f"--loglevel={loglevel}",
                      "-E", "--without-gossip", "--without-mingle"])
 
 

@@ -10,9 +10,10 @@ def beat_schedule(s: Settings) -> dict:
         "retrain-periodically": {"task": "tagger.retrain", "schedule": float(s.retrain_interval_s),
                                  "kwargs": {"reason": "schedule"}, "options": {"queue": s.training_queue}},
         "retrain-when-labels-arrive": {"task": "tagger.check_new_labels", "schedule": 60.0,
-                                       "options": {"queue": s.training_queue}},
+                                       "options": {"queue": s.training_queue, "expires": 60.0}},
         # Events the API accepted but could not hand to the broker (or the broker lost) go out
-        # again: nothing accepted is ever lost.
+        # again: nothing accepted is ever lost. Checks expire after one period: while no worker
+        # consumes, they do not pile up (the next one does the same work).
         "sweep-ingested-events": {"task": "tagger.sweep_ingested", "schedule": 30.0,
-                                  "options": {"queue": s.training_queue}},
+                                  "options": {"queue": s.training_queue, "expires": 30.0}},
     }
