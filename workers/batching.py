@@ -79,15 +79,6 @@ class ReliableBatches(Batches):
         self._first_at = None
         super()._do_flush()
 
-
-def flush_due(buffered: int, flush_every: int, first_at: float | None, now: float, interval: float,
-              pending: bool = False) -> bool:
-    """Whether a flush tick should run the buffer now: when it is empty (upstream then stops the
-    timer), full, holds ETA requests, or its oldest request has waited half of ``interval``."""
-    if buffered == 0 or buffered >= flush_every or pending or first_at is None:
-        return True
-    return now - first_at >= interval / 2
-
     def flush(self, requests: Collection[Any]) -> Any:
         """Run the batch in the pool; ack after it returns, except what it could not hand off."""
         requests = list(requests)
@@ -114,3 +105,12 @@ def flush_due(buffered: int, flush_every: int, first_at: float | None, now: floa
             apply_batches_task, (self, serializable, 0, None),
             accept_callback=on_accepted, callback=on_return,
         )
+
+
+def flush_due(buffered: int, flush_every: int, first_at: float | None, now: float, interval: float,
+              pending: bool = False) -> bool:
+    """Whether a flush tick should run the buffer now: when it is empty (upstream then stops the
+    timer), full, holds ETA requests, or its oldest request has waited half of ``interval``."""
+    if buffered == 0 or buffered >= flush_every or pending or first_at is None:
+        return True
+    return now - first_at >= interval / 2
