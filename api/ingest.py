@@ -117,8 +117,10 @@ def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
     try:
         state.publisher.publish(to_send)
     except BrokerUnavailable as exc:
-        # Recorded and committed above: the sweeper sends them once the broker is back.
-        log.warning("events_not_queued n=%d sent=%d broker=%s",
+        # Recorded and committed above, and none marked enqueued: some may have reached the queue
+        # (a failed pipeline cannot say which), so the sweeper re-sends them all once the broker is
+        # back; the worker de-duplicates by event_id.
+        log.warning("events_not_queued n=%d known_queued=%d broker=%s",
                     len(to_send), exc.sent, state.publisher.broker)
         return False
     with session_scope(state.settings.database_url) as session:

@@ -27,7 +27,9 @@ def sweep(settings: Settings, publisher: Publisher, older_than_s: float, *,
     ``lost_after_s``, default the broker's visibility timeout); returns how many were sent.
 
     Each chunk is claimed, sent, marked and committed in one transaction, so a crash re-sends at
-    most one chunk. Raises ``BrokerUnavailable`` when the broker is down (the rows stay for next time).
+    most one chunk. Raises ``BrokerUnavailable`` when the broker is down: the failing chunk's
+    transaction rolls back, so all its rows stay unqueued and the next sweep sends them again, even
+    those that reached the queue before the failure (the worker de-duplicates by event_id).
     """
     lost_after = float(settings.visibility_timeout_s if lost_after_s is None else lost_after_s)
     now = utcnow()

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         "sqlite:///var/tagger.db",
         description="SQLAlchemy URL; production: postgresql+psycopg://user:pass@host/db.",
     )
+    db_pool_size: int = Field(
+        20, ge=1, description="Database connections a process keeps open for reuse (Postgres; not SQLite).",
+    )
+    db_max_overflow: int = Field(
+        10, ge=0, description="Connections a process may open beyond the pool at peaks (closed after use); "
+        "processes x (pool + overflow) must fit Postgres' max_connections.",
+    )
     broker_url: str = Field(
         "memory://",
         description="Celery broker; 'memory://' runs the worker in-process (demo); production: "

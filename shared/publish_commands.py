@@ -1,7 +1,8 @@
 """``tagger publish FILE``: validate a JSONL or CSV file of upload events and send the good ones.
 
 Exit codes: 0 every line accepted; 1 some lines rejected (the accepted ones are still published);
-2 unusable input or broker (nothing, or only part, was published; the message says which).
+2 unusable input or broker (nothing, or only part, was published; the message says how many are known
+to be queued).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ console = Console(stderr=True)
 out = Console()
 
 SHOWN_REJECTS = 20
-CHUNK = 200  # events per publish call: one pooled connection, and the bar still moves
+CHUNK = 200  # events per publish call: one Redis pipeline, and the bar still moves
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 CSV_SUFFIXES = {".csv"}
 
@@ -99,18 +100,19 @@ def read_events(path: Path) -> Validated:
 
 
 def _send(publisher: Publisher, events: list[ProductUploaded]) -> None:
-    """Publish in chunks under a progress bar; on a lost broker, say how many went out in total."""
+    """Publish in chunks under a progress bar; on a lost broker, say how many are known to be queued."""
     with tqdm(total=len(events), desc="publishing", unit="event", disable=None) as bar:
         for i in range(0, len(events), CHUNK):
             chunk = events[i:i + CHUNK]
             try:
                 publisher.publish(chunk)
             except BrokerUnavailable as exc:
-                sent = i + exc.sent
+                sent = i + exc.sent  # earlier chunks were confirmed; of this one, only exc.sent
                 raise BrokerUnavailable(
-                    f"{exc.__cause__ or exc}: the broker at {publisher.broker} was lost after {sent} of "
-                    f"{len(events)} accepted events; check {BROKER_SETTING} and re-run (the worker "
-                    "de-duplicates by event_id, so re-sending is safe)", sent=sent,
+                    f"{exc.reason}: the broker at {publisher.broker} was lost; {sent} of "
+                    f"{len(events)} accepted events are known to be queued, some of the others may be; "
+                    f"check {BROKER_SETTING} and re-run (the worker de-duplicates by event_id, so "
+                    "re-sending is safe)", sent=sent, reason=exc.reason,
                 ) from exc
             bar.update(len(chunk))
 

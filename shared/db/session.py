@@ -58,7 +58,13 @@ def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
 
 
 def make_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:
-    """A new engine (uncached); for SQLite it creates the file's folder and sets the pragmas."""
+    """A new engine (uncached); for SQLite it creates the file's folder and sets the pragmas.
+
+    A server database gets the process's configured pool (``TAGGER_DB_POOL_SIZE`` +
+    ``TAGGER_DB_MAX_OVERFLOW``, read like the default URL) unless ``kwargs`` choose their own pool:
+    SQLAlchemy's default (5 + 10) is smaller than the API's 40-thread pool, so overflow connections
+    were opened and closed on every busy request.
+    """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
@@ -67,6 +73,10 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) ->
         engine = sa.create_engine(parsed, **kwargs)
         _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys)
         return engine
+    if "poolclass" not in kwargs and "pool" not in kwargs:  # NullPool (migrations) takes no sizes
+        settings = get_settings()
+        kwargs.setdefault("pool_size", settings.db_pool_size)
+        kwargs.setdefault("max_overflow", settings.db_max_overflow)
     # Long-lived workers outlive database restarts: test a pooled connection before using it.
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(parsed, **kwargs)

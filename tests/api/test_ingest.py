@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 
 from shared.db.session import get_engine
 from shared.db.tags import TaggingResult, apply_batch
-from tests.api.conftest import LIMITS, event, queued_event_ids
+from tests.api.conftest import LIMITS, REDIS_URL, event, queued_event_ids
+from tests.shared.test_publish import PipelineSpy, taken_by_worker
 
 
 @pytest.fixture
@@ -37,12 +38,16 @@ def test_single_event(client: TestClient, auth: dict[str, str], db_url: str, bro
     assert queued_event_ids(broker) == ["evt-1"]
 
 
-def test_batch(client: TestClient, auth: dict[str, str], db_url: str, broker: redis.Redis) -> None:
+def test_batch(client: TestClient, auth: dict[str, str], db_url: str, broker: redis.Redis,
+               monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = PipelineSpy(monkeypatch)
     response = client.post("/v1/events", json=[event(n) for n in range(3)], headers=auth)
     assert response.status_code == 202, response.text
     assert response.json()["accepted"] == ["evt-0", "evt-1", "evt-2"]
     assert set(rows(db_url)) == {"evt-0", "evt-1", "evt-2"}
     assert sorted(queued_event_ids(broker)) == ["evt-0", "evt-1", "evt-2"]
+    assert spy.lpush_sizes() == [3]  # the request's events: one Redis round trip
+    assert all(d.event is not None and d.reason is None for d in taken_by_worker(REDIS_URL, 3))
 
 
 def test_bad_event_fails_alone(client: TestClient, auth: dict[str, str], db_url: str,

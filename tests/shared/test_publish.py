@@ -1,4 +1,5 @@
-"""Publishing to the real Redis broker: one Celery message per event, JSON only, no torch, and the CLI."""
+"""Publishing to the real Redis broker: one Celery message per event, pipelined, JSON only, no torch,
+what a lost broker means, and the CLI."""
 
 from __future__ import annotations
 
@@ -8,21 +9,29 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.client
 import redis.connection
 import typer
+from celery import Celery
+from celery.worker.request import Request
+from celery_batches import SimpleRequest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from shared.events import TAG_TASK, ProductUploaded
-from shared.publish import BrokerUnavailable, Publisher, PublisherConfigError
+from shared.publish import PIPELINE_EVENTS, BrokerUnavailable, Publisher, PublisherConfigError
 from shared.publish_commands import register
 from tests.private_redis import flushed, private_redis_url
+from tests.workers.procs import RedisServer
+from workers.deliveries import Delivery, decode
 
 REDIS_URL = private_redis_url()  # a redis-server of this test run's own
 DEAD_URL = "redis://:s3cret@127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
@@ -58,6 +67,50 @@ def queued_event_ids(client: redis.Redis) -> set[str]:
     return {m["kwargs"]["event"]["event_id"] for m in queued(client)}
 
 
+def taken_by_worker(url: str, n: int) -> list[Delivery]:
+    """Take ``n`` messages off the queue the way a tagging worker does: a kombu consumer, Celery's
+    protocol-2 ``Request``, celery-batches' ``SimpleRequest``, then the worker's own ``decode``."""
+    app = Celery("worker-side", broker=url, set_as_current=False)
+    app.conf.update(accept_content=["json"], broker_connection_retry_on_startup=False)
+
+    @app.task(name=TAG_TASK, shared=False)
+    def tag_product(**_: Any) -> None:
+        """Stands in for the worker's task: only its name matters here."""
+
+    requests: list[SimpleRequest] = []
+
+    def on_message(message: Any) -> None:
+        assert message.headers["task"] == TAG_TASK  # protocol 2: the task name is a header
+        request = Request(message, app=app, task=tag_product, hostname="test@host")
+        requests.append(SimpleRequest.from_request(request))
+        message.ack()
+
+    queues = [app.amqp.queues.select_add(QUEUE)]
+    with app.connection_for_read() as conn, app.amqp.TaskConsumer(conn, queues=queues, on_message=on_message):
+        while len(requests) < n:
+            conn.drain_events(timeout=5)
+    app.close()
+    return [decode(r, max_attempts=3) for r in requests]
+
+
+class PipelineSpy:
+    """Records the commands of every Redis pipeline this process executes (the calls still go through)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.executed: list[list[str]] = []
+        real = redis.client.Pipeline.execute
+
+        def execute(pipe: redis.client.Pipeline, *args: Any, **kwargs: Any) -> Any:
+            self.executed.append([str(cmd[0]).upper() for cmd, _options in pipe.command_stack])
+            return real(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+
+    def lpush_sizes(self) -> list[int]:
+        """Messages per pipeline that carried messages (kombu's own pipelines, e.g. LLEN, left out)."""
+        return [names.count("LPUSH") for names in self.executed if "LPUSH" in names]
+
+
 def test_one_message_per_event_whose_body_is_the_event(broker: redis.Redis) -> None:
     events = [ProductUploaded.model_validate(event(1, image_uri="s3://b/k.jpg")), event(2), event(3)]
     with Publisher(REDIS_URL, QUEUE) as publisher:
@@ -72,6 +125,94 @@ def test_one_message_per_event_whose_body_is_the_event(broker: redis.Redis) -> N
         model = ProductUploaded.model_validate(raw)
         assert by_id[model.event_id] == {"event": model.model_dump(mode="json")}
         assert ProductUploaded.model_validate(by_id[model.event_id]["event"]) == model
+
+
+def test_a_call_is_one_pipeline_and_each_message_is_one_the_worker_accepts(
+    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [ProductUploaded.model_validate(event(n, image_uri=f"s3://b/{n}.jpg")) for n in range(50)]
+    with Publisher(REDIS_URL, QUEUE) as publisher:
+        publisher.check()
+        spy = PipelineSpy(monkeypatch)
+        ids = publisher.publish(events)
+    assert spy.lpush_sizes() == [50], "50 events should go out in one Redis round trip"
+    assert broker.llen(QUEUE) == 50
+    headers = [m["headers"] for m in queued(broker)]
+    assert all(len(h["kwargsrepr"]) < 100 and h["argsrepr"] == "()" for h in headers)  # no payload copy
+    deliveries = taken_by_worker(REDIS_URL, 50)
+    assert {d.req.id for d in deliveries} == set(ids)
+    assert all(d.req.name == TAG_TASK and d.attempt == 1 and d.reason is None for d in deliveries)
+    assert sorted((d.event for d in deliveries), key=lambda e: int(e.event_id[4:])) == events
+
+
+def test_a_big_call_is_several_pipelines(broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 2 * PIPELINE_EVENTS + 200
+    with Publisher(REDIS_URL, QUEUE) as publisher:
+        spy = PipelineSpy(monkeypatch)
+        ids = publisher.publish([event(i) for i in range(n)])
+    assert len(set(ids)) == n and broker.llen(QUEUE) == n
+    assert spy.lpush_sizes() == [PIPELINE_EVENTS, PIPELINE_EVENTS, 200]
+
+
+def test_the_message_is_the_one_celery_sends_but_for_the_short_reprs(broker: redis.Redis) -> None:
+    """The worker sees what a plain ``send_task`` (the publisher before pipelining) would send."""
+    payload = ProductUploaded.model_validate(event(1, image_uri="s3://b/k.jpg")).model_dump(mode="json")
+    with Publisher(REDIS_URL, QUEUE) as publisher:
+        publisher.publish([payload])
+    reference = Celery("reference", broker=REDIS_URL, set_as_current=False)
+    reference.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
+    reference.send_task(TAG_TASK, kwargs={"event": payload}, queue=QUEUE, serializer="json",
+                        ignore_result=True)
+    reference.close()
+    ours, theirs = (json.loads(raw) for raw in broker.lrange(QUEUE, 0, -1)[::-1])  # LPUSH: newest first
+    per_message = {"id", "root_id", "correlation_id", "delivery_tag", "reply_to", "argsrepr", "kwargsrepr"}
+    assert ours["body"] == theirs["body"]
+    assert {k: v for k, v in ours.items() if k not in ("headers", "properties")} == {
+        k: v for k, v in theirs.items() if k not in ("headers", "properties")}
+    assert ({k: v for k, v in ours["headers"].items() if k not in per_message}
+            == {k: v for k, v in theirs["headers"].items() if k not in per_message})
+    assert ours["headers"]["kwargsrepr"] == "{'event': {'event_id': 'evt-1', ...}}"
+    assert ours["headers"]["argsrepr"] == theirs["headers"]["argsrepr"] == "()"
+    # Celery copies explicit reprs into the properties too; nothing reads them there.
+    assert set(ours["properties"]) - set(theirs["properties"]) <= {"argsrepr", "kwargsrepr"}
+    assert ({k: v for k, v in ours["properties"].items() if k not in per_message}
+            == {k: v for k, v in theirs["properties"].items() if k not in per_message})
+
+
+def test_broker_lost_mid_call_knows_only_whole_pipelines(tmp_path: Path) -> None:
+    """The broker dies (SIGKILL) while a call is being sent: ``sent`` counts the confirmed pipelines,
+    every one of those events is on the queue once the broker is back (AOF, fsync always), and
+    re-publishing the rest delivers every event; some of the failed pipeline may arrive twice."""
+    server = RedisServer(tmp_path, persistent=True)
+    events = [event(i) for i in range(10 * PIPELINE_EVENTS)]
+    try:
+        client = server.client()
+        with Publisher(server.url, QUEUE) as publisher:
+            publisher.check()
+
+            def kill_after_first_pipeline() -> None:
+                while client.llen(QUEUE) < PIPELINE_EVENTS:
+                    time.sleep(0.001)
+                server.kill()
+
+            killer = threading.Thread(target=kill_after_first_pipeline, daemon=True)
+            killer.start()
+            with pytest.raises(BrokerUnavailable, match="known to be queued") as info:
+                publisher.publish(events)
+            killer.join(10)
+            sent = info.value.sent
+            assert sent % PIPELINE_EVENTS == 0 and sent < len(events)
+
+            server.start()
+            client = server.client()
+            on_queue = queued_event_ids(client)
+            assert {f"evt-{i}" for i in range(sent)} <= on_queue  # known queued: really there
+            assert len(on_queue) < len(events)
+            publisher.publish(events[sent:])
+        assert queued_event_ids(client) == {e["event_id"] for e in events}
+        assert client.llen(QUEUE) >= len(events)
+    finally:
+        server.kill()
 
 
 def test_an_invalid_dict_stops_the_batch_before_anything_is_sent(broker: redis.Redis) -> None:
@@ -111,6 +252,24 @@ def test_unreachable_broker_fails_fast_and_names_the_setting() -> None:
         publisher.publish([event(1)])
     assert info.value.sent == 0 and "s3cret" not in str(info.value)
     publisher.close()
+
+
+def test_a_broker_that_accepts_and_never_answers_fails_within_the_reply_timeout() -> None:
+    """A hung Redis (the port accepts, nothing replies) must not hold an API request thread forever."""
+    from tests.servers import CountingListener
+
+    hung = CountingListener(silent=True)
+    try:
+        publisher = Publisher(f"redis://127.0.0.1:{hung.port}/0", QUEUE, connect_timeout_s=1.0,
+                              reply_timeout_s=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            publisher.publish([event(1)])
+        assert time.monotonic() - t0 < 30  # retries x reply timeout, not forever
+        assert hung.accepted >= 1
+        publisher.close()
+    finally:
+        hung.close()
 
 
 def test_publishing_never_imports_torch(broker: redis.Redis) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from shared.config import get_settings
 from shared.db.migrate import upgrade
 from shared.db.models import ModelVersion
-from shared.db.session import get_engine, session_scope
+from shared.db.session import get_engine, make_engine, session_scope
 
 
 @pytest.fixture
@@ -63,3 +63,51 @@ def test_session_scope_defaults_to_settings(settings_url: str) -> None:
         session.add(ModelVersion(version="v1", uri="file:///models/v1", status="candidate"))
     with session_scope(settings_url) as session:
         assert session.scalars(sa.select(ModelVersion.version)).all() == ["v1"]
+
+
+@pytest.fixture
+def pool_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """TAGGER_DB_POOL_SIZE=3 and TAGGER_DB_MAX_OVERFLOW=1 for engines built during the test."""
+    monkeypatch.setenv("TAGGER_DB_POOL_SIZE", "3")
+    monkeypatch.setenv("TAGGER_DB_MAX_OVERFLOW", "1")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_pool_settings_reach_a_postgres_engine(pool_env: None, make_database: Callable[[str], str]) -> None:
+    url = make_database("postgresql")
+    assert get_engine(url).pool.size() == 3  # the cached engine every session_scope uses
+    engine = make_engine(url, pool_timeout=0.2)  # what get_engine builds, with a short wait for a slot
+    connections = [engine.connect() for _ in range(4)]  # the pool, then the one overflow connection
+    try:
+        assert engine.pool.overflow() == 1
+        with pytest.raises(sa.exc.TimeoutError):  # no fifth: the limit is pool + overflow
+            engine.connect()
+    finally:
+        for connection in connections:
+            connection.close()
+    assert engine.pool.checkedin() == 3  # kept for the next request; the overflow one was closed
+    engine.dispose()
+
+
+def test_default_pool_is_twenty_plus_ten(monkeypatch: pytest.MonkeyPatch,
+                                         make_database: Callable[[str], str]) -> None:
+    monkeypatch.delenv("TAGGER_DB_POOL_SIZE", raising=False)
+    monkeypatch.delenv("TAGGER_DB_MAX_OVERFLOW", raising=False)
+    get_settings.cache_clear()
+    try:
+        engine = get_engine(make_database("postgresql"))
+    finally:
+        get_settings.cache_clear()
+    assert (engine.pool.size(), engine.pool._max_overflow) == (20, 10)  # type: ignore[attr-defined]
+
+
+def test_sqlite_and_explicit_pools_keep_their_own(pool_env: None,
+                                                  make_database: Callable[[str], str]) -> None:
+    assert get_engine(make_database("sqlite")).pool.size() == sa.pool.QueuePool(lambda: None).size()
+    # Migrations build a NullPool engine: it takes no sizes, and must not be handed any.
+    engine = make_engine(make_database("postgresql"), poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+    engine.dispose()
