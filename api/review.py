@@ -121,14 +121,23 @@ def decode_cursor(cursor: str) -> _Key:
 # --- GET /v1/review ----------------------------------------------------------------------------------
 
 
-def _queue_query(axis: str | None) -> sa.Subquery:
-    """(product_id, axis, top): each undecided (product, axis) with review tags and its best review score."""
-    human = aliased(ProductTag)
+def _queue_query(axis: str | None, multi: frozenset[str] = frozenset()) -> sa.Subquery:
+    """(product_id, axis, top): each undecided (product, axis) with review tags and its best review score.
+
+    On a single-label axis whose top value the model already applied (``auto``), the other
+    ``review`` rows are just the runners-up of a sure answer (often scored ~0): that axis is not
+    uncertain and stays out of the queue. On a multi-label axis (``multi``) every value stands alone.
+    """
+    human, applied = aliased(ProductTag), aliased(ProductTag)
     decided = sa.exists().where(human.product_id == ProductTag.product_id, human.axis == ProductTag.axis,
                                 human.source == "human")
+    settled = sa.exists().where(applied.product_id == ProductTag.product_id, applied.axis == ProductTag.axis,
+                                applied.source == "model", applied.status == "auto")
+    if multi:
+        settled = sa.and_(settled, ProductTag.axis.not_in(sorted(multi)))
     query = (
         sa.select(ProductTag.product_id, ProductTag.axis, sa.func.max(ProductTag.score).label("top"))
-        .where(ProductTag.source == "model", ProductTag.status == "review", ~decided)
+        .where(ProductTag.source == "model", ProductTag.status == "review", ~decided, ~settled)
         .group_by(ProductTag.product_id, ProductTag.axis)
     )
     if axis is not None:
@@ -144,10 +153,11 @@ def review_queue(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> ReviewPage:
-    """(product, axis) pairs with model tags in ``review`` and no human decision yet, most uncertain
-    first: ordered by the best review score of the pair, ascending, then product_id, axis."""
+    """(product, axis) pairs with model tags in ``review``, no human decision yet and (single-label
+    axes) no value the model applied, most uncertain first: ordered by the best review score of the
+    pair, ascending, then product_id, axis."""
     after = decode_cursor(cursor) if cursor is not None else None
-    queue = _queue_query(axis)
+    queue = _queue_query(axis, multi_label_axes(request))
     query = (
         sa.select(queue.c.product_id, queue.c.axis, queue.c.top, Product.title, Product.image_uri)
         .join(Product, Product.product_id == queue.c.product_id)

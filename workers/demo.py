@@ -101,10 +101,13 @@ def run_demo(n: int = 200, show: int = 12, timeout_s: float = 600.0) -> float:
             .where(ProductTag.product_id.in_([e.product_id for e in events[:show]]))
             .order_by(ProductTag.product_id, ProductTag.axis, ProductTag.score.desc())
         ).all()
-        statuses = dict(session.execute(
-            sa.select(ProductTag.status, sa.func.count()).where(
-                ProductTag.product_id.in_([e.product_id for e in events]))
-            .group_by(ProductTag.status)).all())
+        # Per (product, axis): applied when the model applied a value there, else left for review
+        # (the review rows beside an applied value are only its runners-up).
+        is_auto = sa.func.max(sa.case((ProductTag.status == "auto", 1), else_=0)).label("applied")
+        pair = (sa.select(is_auto).where(ProductTag.product_id.in_([e.product_id for e in events]))
+                .group_by(ProductTag.product_id, ProductTag.axis).subquery())
+        applied = dict(session.execute(
+            sa.select(pair.c.applied, sa.func.count()).group_by(pair.c.applied)).all())
     top: dict[str, dict[str, tuple[str, float, str]]] = {}
     for pid, axis, value, score, status in rows:
         top.setdefault(pid, {}).setdefault(axis, (value, score, status))
@@ -123,8 +126,8 @@ def run_demo(n: int = 200, show: int = 12, timeout_s: float = 600.0) -> float:
             cells.append(f"[{colour}]{v[0]} {v[1]:.2f}[/]" if v else "—")
         table.add_row(pid, titles[pid], *cells)
     console.print(table)
-    console.print(f"[green]auto[/] = applied, [yellow]review[/] = for a person; "
-                  f"tag rows by status: {statuses}")
+    console.print(f"[green]auto[/] = applied, [yellow]review[/] = for a person; (product, axis) pairs: "
+                  f"{applied.get(1, 0)} applied, {applied.get(0, 0)} for review")
     console.print(f"[bold]{done}/{len(ids)} events tagged in {elapsed:.1f}s: {rate:.1f} events/s[/]")
     if done < len(ids):
         raise SystemExit(f"only {done} of {len(ids)} events finished within {timeout_s:.0f}s")

@@ -46,7 +46,8 @@ def result(product_id: str, tags: tuple[tuple[str, str, float, str], ...]) -> Ta
 
 @pytest.fixture
 def catalogue(db: str) -> None:
-    """r1 colour best 0.60; r2 colour best 0.45 + type 0.55; r3 type 0.30; a1 only auto tags."""
+    """r1 colour best 0.60; r2 colour best 0.45 + type 0.55; r3 type 0.30; a1 only auto tags; s1 a
+    sure colour (auto) whose runners-up are review rows scored ~0: not uncertain, not queued."""
     with session_scope(db) as session:
         apply_batch(session, [
             result("r1", (("colour", "Blue", 0.60, "review"), ("colour", "Navy", 0.35, "review"),
@@ -56,6 +57,8 @@ def catalogue(db: str) -> None:
                           ("type", "Boots", 0.55, "review"))),
             result("r3", (("type", "Bag", 0.30, "review"),)),
             result("a1", (("colour", "Red", 0.99, "auto"),)),
+            result("s1", (("colour", "Green", 0.97, "auto"), ("colour", "Olive", 0.02, "review"),
+                          ("colour", "Lime", 0.0, "review"))),
         ])
 
 
@@ -238,3 +241,15 @@ def test_auth(client: TestClient, tokens: dict[str, str], db: str) -> None:
     response = client.post("/v1/products/r1/decisions", json=decision, headers=auth(tokens, "reader"))
     assert response.status_code == 403
     assert client.get("/v1/review", headers=auth(tokens, "admin")).status_code == 200
+
+
+def test_queue_keeps_runners_up_of_a_sure_single_label_axis_out_but_not_multi_label_values(
+    multi_model_client: TestClient, tokens: dict[str, str], db: str,
+) -> None:
+    with session_scope(db) as session:
+        apply_batch(session, [result("m2", (
+            ("style", "Casual", 0.9, "auto"), ("style", "Sporty", 0.4, "review"),
+            ("gender", "Men", 0.99, "auto"), ("gender", "Women", 0.01, "review")))])
+    body = multi_model_client.get("/v1/review", headers=auth(tokens)).json()
+    assert [(i["product_id"], i["axis"], [c["value"] for c in i["candidates"]]) for i in body["items"]] == [
+        ("m2", "style", ["Sporty"])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ def test_demo_tags_the_sample_end_to_end(tmp_path: Path, model_dir: Path, settin
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "20/20 events tagged" in out and "events/s" in out, out[-4000:]
+    pairs = re.search(r"\(product,\s+axis\)\s+pairs:\s+(\d+)\s+applied,\s+(\d+)\s+for\s+review", out)
+    assert pairs and int(pairs[1]) + int(pairs[2]) == 20 * 7, out[-4000:]  # 7 axes per product
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'var' / 'tagger.db'}")
     try:
         with engine.connect() as conn:
