@@ -49,13 +49,26 @@ def _load_in_embedded_worker(sender: Any = None, **_kwargs: Any) -> None:
         _load_or_exit()
 
 
+def serves_tagging(app: Any) -> bool:
+    """Whether this worker consumes the tagging queue (``-Q``; no ``-Q``: every queue). A training
+    worker never tags: loading and warming the tagging model there only costs memory and start time."""
+    from shared.config import get_settings
+
+    return get_settings().tagging_queue in set(app.amqp.queues.consume_from)
+
+
 @celeryd_after_setup.connect
 def _load_in_main_process(sender: Any = None, instance: Any = None, **_kwargs: Any) -> None:
     """``celery worker`` with threads/solo: tasks run in this process, so load here. This signal
     comes after logging is set up (``worker_init`` comes before it and would lose the log line)
     and before the consumer starts."""
-    if not _is_prefork(instance):
+    if _is_prefork(instance):
+        return
+    if serves_tagging(instance.app):
         _load_or_exit()
+    else:
+        log.info("model_not_loaded reason=no_tagging_queue queues=%s",
+                 ",".join(sorted(instance.app.amqp.queues.consume_from)))
 
 
 @worker_process_init.connect
