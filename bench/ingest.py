@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.databases import drop_database, recreate_database
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 QUEUE = "tagging"
@@ -116,43 +118,12 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float
             proc.wait(5)
 
 
-def create_database(admin_url: str) -> str:
-    """A fresh database named after this process, migrated the production way; returns its URL."""
+def bench_database_url(server_url: str) -> str:
+    """This run's own database on the server ``server_url`` points at (named after the process)."""
     import sqlalchemy as sa
 
-    from shared.db.migrate import upgrade
-
-    admin = sa.make_url(admin_url)
     name = f"tagger_bench_ingest_{os.getpid()}"
-    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    url = admin.set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-    except BaseException:
-        drop_database(admin_url, url)  # the caller never learns the URL: clean up here
-        raise
-    return url
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    import sqlalchemy as sa
-
-    name = sa.make_url(url).database
-    if not name or not name.startswith("tagger_bench_ingest_"):
-        raise RuntimeError(f"refusing to drop {name!r}")
-    engine = sa.create_engine(sa.make_url(admin_url), isolation_level="AUTOCOMMIT",
-                              poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
+    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def producer_token(url: str) -> str:
@@ -525,7 +496,7 @@ def main() -> None:
         db_url: str | None = None
         api: ApiServer | None = None
         try:
-            db_url = create_database(args.postgres)
+            db_url = recreate_database(bench_database_url(args.postgres))
             token = producer_token(db_url)
             env = {**os.environ, "TAGGER_DATABASE_URL": db_url, "TAGGER_BROKER_URL": redis_server.url,
                    "TAGGER_TAGGING_QUEUE": QUEUE}
@@ -566,7 +537,7 @@ def main() -> None:
                 api.stop()
             redis_server.stop()
             if db_url is not None:
-                drop_database(args.postgres, db_url)
+                drop_database(db_url)
 
     # --- the numbers ---
     window = [r for r in load.requests if w0 <= r.done <= w1]

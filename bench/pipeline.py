@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.databases import recreate_database
 from shared.config import SAMPLE_MANIFEST, Settings
 from shared.events import ProductUploaded
 
@@ -202,28 +203,6 @@ def reset_redis(url: str) -> None:
         client.close()
 
 
-def reset_database(url: str) -> None:
-    """Drop, create and migrate the benchmark database (refuses a name without 'bench')."""
-    import sqlalchemy as sa
-
-    from shared.db.migrate import upgrade
-
-    target = sa.make_url(url)
-    name = target.database or ""
-    if "bench" not in name:
-        raise SystemExit(f"refusing to drop database {name!r}: its name must contain 'bench'")
-    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
-                             poolclass=sa.pool.NullPool)
-    quoted = admin.dialect.identifier_preparer.quote(name)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
-    finally:
-        admin.dispose()
-    upgrade(url)
-
-
 class WorkerProcess:
     """``celery -A workers.app worker`` on the tagging queue (threads pool, ``concurrency`` threads)."""
 
@@ -377,7 +356,7 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
                  workdir: Path, concurrency: int = 1) -> RunResult:
     """Fresh Redis db and database, a ready worker, one burst of events, wait for every commit."""
     reset_redis(args.redis)
-    reset_database(args.postgres)
+    recreate_database(args.postgres)
     env = {
         **os.environ, "TAGGER_BROKER_URL": args.redis, "TAGGER_DATABASE_URL": args.postgres,
         "TAGGER_ALLOW_FILE_URIS": "true", "TAGGER_BATCH_SIZE": str(batch), "TAGGER_TAGGING_QUEUE": QUEUE,
