@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -37,11 +38,9 @@ def worker_layout(device: str, concurrency: int = 0, torch_threads: int = 0,
     """(batches at once, torch threads each) for a tagging worker; 0 means "choose".
 
     One batch at a time on a GPU (one CUDA stream; more would only queue on it). On the CPU, two
-    batches at once with cores / 2 threads each: measured on 2 cores, 0.87-0.90 of the model's
+    batches at once with cores / 2 threads each: measured on 2 cores, 0.85-0.90 of the model's
     rate end to end against 0.81 for one batch on every core (docs/BENCHMARKS.md, Pipeline).
     """
-    import os
-
     cores = cores or os.cpu_count() or 1
     gpu = resolve_device(device).type == "cuda"
     c = concurrency or (1 if gpu or cores < 2 else 2)
