@@ -223,10 +223,11 @@ def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutc
     latest = _latest_per_product(tagged)
     written = _upsert_products(session, list(latest.values()), now)
     _replace_model_tags(session, [latest[product_id] for product_id in sorted(written)], now)
+    finished = utcnow()  # after the tag writes: the last statement before the caller commits
     _upsert_events(session, [
         {"event_id": r.event_id, "product_id": r.product_id, "status": r.status, "attempts": r.attempts,
          "last_error": r.error, "image_error": r.image_error, "model_version": r.model_version,
-         "received_at": now, "finished_at": now}
+         "received_at": now, "finished_at": finished}
         for r in events
     ])
     return BatchOutcome(
