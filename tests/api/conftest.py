@@ -43,6 +43,15 @@ def db_url(api_db_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def db(db_url: str) -> Iterator[str]:
+    """The API database for tests that write products and tags; those rows (and any model version
+    registered) are removed afterwards."""
+    yield db_url
+    with get_engine(db_url).begin() as connection:
+        connection.exec_driver_sql("TRUNCATE products, product_tags, model_versions")
+
+
+@pytest.fixture
 def broker() -> Iterator[redis.Redis]:
     with flushed(REDIS_URL) as client:
         yield client

@@ -16,7 +16,7 @@ from PIL import Image
 
 from api.app import create_app
 from shared.config import Settings
-from shared.db.session import get_engine, session_scope
+from shared.db.session import session_scope
 from shared.db.tags import TaggingResult, apply_batch
 from tests.api.conftest import LIMITS, REDIS_URL
 
@@ -41,13 +41,6 @@ def add_product(db: str, product_id: str, image_uri: str | None) -> None:
 
 def auth(tokens: dict[str, str], role: str = "reviewer") -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens[role]}"}
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[str]:
-    yield db_url
-    with get_engine(db_url).begin() as connection:
-        connection.exec_driver_sql("TRUNCATE products, product_tags")
 
 
 @pytest.fixture

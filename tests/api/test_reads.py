@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from shared.config import DEFAULT_MODEL_DIR, Settings
-from shared.db.session import get_engine, session_scope
+from shared.db.session import session_scope
 from shared.db.tags import TaggingResult, apply_batch, record_human_decision
 from shared.registry import register
 from shared.storage import LocalStore
@@ -24,14 +23,6 @@ from tests.api.conftest import LIMITS, REDIS_URL
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 DEFAULT_MANIFEST = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[str]:
-    """The API database, with the rows these tests write removed afterwards."""
-    yield db_url
-    with get_engine(db_url).begin() as connection:
-        connection.exec_driver_sql("TRUNCATE products, product_tags, model_versions")
 
 
 def auth(tokens: dict[str, str], role: str = "reader") -> dict[str, str]:

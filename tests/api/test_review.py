@@ -25,13 +25,6 @@ from tests.api.conftest import LIMITS, REDIS_URL
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def db(db_url: str) -> Iterator[str]:
-    yield db_url
-    with get_engine(db_url).begin() as connection:
-        connection.exec_driver_sql("TRUNCATE products, product_tags")
-
-
 def auth(tokens: dict[str, str], role: str = "reviewer") -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens[role]}"}
 

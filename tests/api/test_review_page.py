@@ -23,20 +23,13 @@ from PIL import Image
 from api.app import create_app
 from shared.config import Settings
 from shared.db.models import ProductTag
-from shared.db.session import get_engine, session_scope
+from shared.db.session import session_scope
 from shared.db.tags import TaggingResult, apply_batch
 from tests.api.conftest import LIMITS, QUEUE, REDIS_URL
 
 CHROMIUM = os.environ.get("TAGGER_TEST_CHROMIUM", "/usr/bin/chromium")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TIMEOUT_MS = 5000
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[str]:
-    yield db_url
-    with get_engine(db_url).begin() as connection:
-        connection.exec_driver_sql("TRUNCATE products, product_tags")
 
 
 @pytest.fixture
