@@ -19,9 +19,9 @@ from api.auth import Principal, require
 from api.config import ApiSettings
 from api.errors import AUTH_ERRORS, BadRequest, LimitExceeded, responses
 from api.openapi import ref
-from api.records import mark_enqueued, record_events
 from api.state import AppState, get_state
 from shared.db.base import utcnow
+from shared.db.events import mark_enqueued, record_events
 from shared.db.session import session_scope
 from shared.events import ProductUploaded, format_errors
 from shared.metrics import count_ingest

@@ -24,7 +24,7 @@ from api.reads import taxonomy as served_taxonomy
 from api.state import get_state
 from shared.db.models import Product, ProductTag
 from shared.db.session import session_scope
-from shared.labels import LabelError, ProductNotFound, decide
+from shared.labels.decisions import LabelError, ProductNotFound, decide
 
 log = logging.getLogger("tagger.api.review")
 router = APIRouter(prefix="/v1", tags=["review"], dependencies=[Depends(require("reviewer"))])

@@ -10,9 +10,9 @@ import logging
 
 from pydantic import ValidationError
 
-from api.records import claim_stragglers, mark_enqueued, mark_unsendable
 from shared.config import Settings
 from shared.db.base import utcnow
+from shared.db.events import claim_stragglers, mark_enqueued, mark_unsendable
 from shared.db.session import session_scope
 from shared.events import ProductUploaded, format_errors
 from shared.publish import Publisher

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from shared.errors import TaggerError
 
 if TYPE_CHECKING:
-    from shared.labels import ImportSummary
+    from shared.labels.imports import ImportSummary
 
 console = Console(stderr=True)
 out = Console()
@@ -76,7 +76,7 @@ def import_(
     """Import a labelled catalogue: products, their images and confirmed human labels; safe to repeat."""
     from shared.config import get_settings
     from shared.db.session import session_scope
-    from shared.labels import import_labels
+    from shared.labels.imports import import_labels
 
     settings = get_settings()
     try:

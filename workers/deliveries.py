@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.db.events import record_dead_letter, record_failure
 from shared.db.models import TaggingEvent
 from shared.db.session import session_scope
-from shared.db.tags import record_dead_letter, record_failure
 from shared.events import TAG_TASK, ProductUploaded, format_errors
 
 log = logging.getLogger("workers.deliveries")

@@ -77,7 +77,7 @@ def run_retrain(settings: Settings | None = None, reason: str = "schedule", cfg:
 
 def _retrain_locked(s: Settings, trigger: str, cfg: Any) -> dict:
     from shared.fetch import ImageFetcher
-    from shared.labels import label_watermark, labelled_products
+    from shared.labels.queries import label_watermark, labelled_products
     from shared.ml import gate
     from shared.ml.predictor import Tagger
     from shared.ml.report import evaluate_records
@@ -143,7 +143,7 @@ def new_labels_waiting(settings: Settings | None = None) -> int:
     import sqlalchemy as sa
 
     from shared.db.models import ModelVersion
-    from shared.labels import labels_since
+    from shared.labels.queries import labels_since
     from shared.registry import live_version
 
     s = settings or get_settings()

@@ -1,7 +1,8 @@
 """Writes and reads of tags: the batch upsert behind "exactly-once effect under at-least-once delivery".
 
 Every helper takes the session first and never commits: the task that owns the batch commits once,
-then acks, so a redelivered batch re-applies to the same rows and changes nothing more.
+then acks, so a redelivered batch re-applies to the same rows and changes nothing more. The batch's
+event rows are written through :mod:`shared.db.events`, the one writer of ``tagging_events``.
 """
 
 from __future__ import annotations
@@ -9,30 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
-from shared.db.models import (
-    HUMAN_TAG_STATUSES,
-    MODEL_TAG_STATUSES,
-    DeadLetter,
-    Product,
-    ProductTag,
-    TaggingEvent,
-)
+from shared.db.events import upsert_events
+from shared.db.models import HUMAN_TAG_STATUSES, MODEL_TAG_STATUSES, Product, ProductTag
+from shared.db.sql import chunks, dialect_insert
 
-_CHUNK = 500  # keys per IN (...) list: well under SQLite's and Postgres's bound-parameter limits
 _products = cast(sa.Table, Product.__table__)
 _tags = cast(sa.Table, ProductTag.__table__)
-_events = cast(sa.Table, TaggingEvent.__table__)
-_dead_letters = cast(sa.Table, DeadLetter.__table__)
 
 
 class ModelTag(NamedTuple):
@@ -89,25 +81,10 @@ class BatchOutcome:
     failed: tuple[str, ...]
 
 
-def dialect_insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT that supports ON CONFLICT on the session's dialect (Postgres or SQLite)."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"upserts are written for postgresql and sqlite, not {name}")
-
-
 def product_content_hash(title: str, description: str | None, image_uri: str | None) -> str:
     """What a product's content is, for every writer alike: a re-upload with the same title,
     description and photo is the same content."""
     return hashlib.sha256(json.dumps([title, description, image_uri]).encode()).hexdigest()
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 def _dedupe_events(results: Sequence[TaggingResult]) -> list[TaggingResult]:
@@ -162,7 +139,7 @@ def _upsert_products(session: Session, results: Sequence[TaggingResult], now: da
 def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now: datetime) -> None:
     """Replace the products' model tags with the new ones; human rows are neither touched nor shadowed."""
     product_ids = sorted(r.product_id for r in results)
-    for chunk in _chunks(product_ids):
+    for chunk in chunks(product_ids):
         session.execute(
             sa.delete(_tags).where(_tags.c.product_id.in_(chunk), _tags.c.source == "model")
         )
@@ -184,30 +161,6 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
     session.execute(stmt, [rows[key] for key in sorted(rows)])
 
 
-def _upsert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert or update tagging_events by event_id; a failure never demotes a tagged or dead event."""
-    stmt = dialect_insert(session, _events)
-    excluded = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_events.c.event_id],
-        set_={
-            "product_id": excluded.product_id,
-            "status": excluded.status,
-            # Attempts only grow, whatever order the deliveries are written in.
-            "attempts": sa.case((excluded.attempts > _events.c.attempts, excluded.attempts),
-                                else_=_events.c.attempts),
-            "last_error": excluded.last_error,
-            "image_error": excluded.image_error,
-            "model_version": excluded.model_version,
-            "finished_at": excluded.finished_at,
-        },
-        # Plain comparisons, not NOT IN: an expanding IN list cannot be used in an executemany.
-        where=sa.or_(excluded.status != "failed",
-                     sa.and_(_events.c.status != "tagged", _events.c.status != "dead")),
-    )
-    session.execute(stmt, sorted(rows, key=lambda row: row["event_id"]))
-
-
 def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutcome:
     """Write a batch's effects (products, model tags, event rows); idempotent, never commits.
 
@@ -224,7 +177,7 @@ def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutc
     written = _upsert_products(session, list(latest.values()), now)
     _replace_model_tags(session, [latest[product_id] for product_id in sorted(written)], now)
     finished = utcnow()  # after the tag writes: the last statement before the caller commits
-    _upsert_events(session, [
+    upsert_events(session, [
         {"event_id": r.event_id, "product_id": r.product_id, "status": r.status, "attempts": r.attempts,
          "last_error": r.error, "image_error": r.image_error, "model_version": r.model_version,
          "received_at": now, "finished_at": finished}
@@ -236,42 +189,6 @@ def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutc
                     if r.product_id not in written or latest[r.product_id] is not r),
         failed=tuple(r.event_id for r in events if r.status == "failed"),
     )
-
-
-def record_failure(session: Session, event_id: str, product_id: str, error: str, attempts: int) -> None:
-    """Mark an event failed with its error (inserting the row if missing); a tagged event stays tagged."""
-    now = utcnow()
-    _upsert_events(session, [
-        {"event_id": event_id, "product_id": product_id, "status": "failed", "attempts": attempts,
-         "last_error": error, "image_error": None, "model_version": None,
-         "received_at": now, "finished_at": now}
-    ])
-
-
-def record_dead_letter(
-    session: Session, event_id: str | None, payload: str, reason: str, attempts: int
-) -> int:
-    """Keep a message given up on and mark its event dead; one row per event_id, so a retry adds none.
-
-    Returns the dead letter's id. Messages without an event_id cannot be de-duplicated and each
-    call adds a row.
-    """
-    now = utcnow()
-    stmt = dialect_insert(session, _dead_letters).values(
-        event_id=event_id, payload=payload, reason=reason, attempts=attempts, created_at=now
-    )
-    excluded = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_dead_letters.c.event_id],
-        set_={"payload": excluded.payload, "reason": excluded.reason, "attempts": excluded.attempts},
-    )
-    dead_letter_id = session.execute(stmt.returning(_dead_letters.c.id)).scalar_one()
-    if event_id is not None:
-        session.execute(
-            sa.update(_events).where(_events.c.event_id == event_id)
-            .values(status="dead", last_error=reason, attempts=attempts, finished_at=now)
-        )
-    return int(dead_letter_id)
 
 
 def record_human_decision(

@@ -38,7 +38,7 @@ def label_settings(make_db: Callable[..., str], redis: RedisServer, settings: Se
 
 
 def _import_sample_labels(s: Settings, tmp_path: Path) -> None:
-    from shared.labels import import_labels
+    from shared.labels.imports import import_labels
 
     with session_scope(s.database_url) as session:
         summary = import_labels(session, SAMPLE_MANIFEST, image_dir=tmp_path / "label-images")
@@ -56,7 +56,7 @@ def _model(tmp_path: Path, tag: str) -> Path:
 
 def _register_at_watermark(s: Settings, model: Path, status: str) -> str:
     """Register ``model`` with the label watermark as it is now (what a retrain records)."""
-    from shared.labels import label_watermark
+    from shared.labels.queries import label_watermark
     from shared.registry import register
     from shared.storage import open_store
 
@@ -68,7 +68,7 @@ def _register_at_watermark(s: Settings, model: Path, status: str) -> str:
 
 
 def _one_decision(s: Settings) -> None:
-    from shared.labels import decide
+    from shared.labels.decisions import decide
 
     with session_scope(s.database_url) as session:
         product_id = session.scalar(sa.text("SELECT product_id FROM products ORDER BY product_id LIMIT 1"))

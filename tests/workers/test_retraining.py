@@ -39,7 +39,7 @@ def loop_settings(s3: S3, settings: Settings, make_db: Callable[..., str], tmp_p
 
 
 def _import_sample_labels(s: Settings, tmp_path: Path) -> None:
-    from shared.labels import import_labels
+    from shared.labels.imports import import_labels
 
     with session_scope(s.database_url) as session:
         summary = import_labels(session, SAMPLE_MANIFEST, image_dir=tmp_path / "label-images")

@@ -11,14 +11,12 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from shared.db.models import DeadLetter, ModelVersion, Product, ProductTag, TaggingEvent
+from shared.db.models import ModelVersion, Product, ProductTag, TaggingEvent
 from shared.db.tags import (
     BatchOutcome,
     TaggingResult,
     apply_batch,
     products_with_tag,
-    record_dead_letter,
-    record_failure,
     record_human_decision,
     tags_for_product,
 )
@@ -179,41 +177,6 @@ def test_failed_result_records_only_its_event(session: Session) -> None:
     assert (row.status, row.last_error, row.image_error, row.attempts) == (
         "tagged", None, "image fetch timed out", 2)
     assert tags(session) == {("colour", "navy", "auto", "model"), ("type", "shoes", "review", "model")}
-
-
-def test_record_failure_inserts_then_updates(session: Session) -> None:
-    record_failure(session, "e1", "p1", "model server unavailable", attempts=1)
-    record_failure(session, "e1", "p1", "model server still unavailable", attempts=2)
-    rows = events(session)
-    assert list(rows) == ["e1"]
-    assert (rows["e1"].product_id, rows["e1"].status, rows["e1"].last_error, rows["e1"].attempts) == (
-        "p1", "failed", "model server still unavailable", 2)
-    assert rows["e1"].finished_at is not None
-
-    apply_batch(session, [result("e2", "p2")])
-    record_failure(session, "e2", "p2", "redelivered copy failed", attempts=2)
-    assert events(session)["e2"].status == "tagged"
-
-
-def test_dead_letters_once_per_event(session: Session) -> None:
-    record_failure(session, "e1", "p1", "image too large", attempts=3)
-    first = record_dead_letter(session, "e1", '{"event_id": "e1"}', "image too large after 3 attempts", 3)
-    again = record_dead_letter(session, "e1", '{"event_id": "e1"}', "image too large after 3 attempts", 3)
-    record_dead_letter(session, None, "not json", "malformed message", 1)
-    record_dead_letter(session, None, "not json", "malformed message", 1)
-
-    assert first == again
-    rows = session.execute(
-        sa.select(DeadLetter.event_id, DeadLetter.payload, DeadLetter.reason, DeadLetter.attempts)
-        .order_by(DeadLetter.id)
-    ).all()
-    assert [tuple(r) for r in rows] == [
-        ("e1", '{"event_id": "e1"}', "image too large after 3 attempts", 3),
-        (None, "not json", "malformed message", 1),
-        (None, "not json", "malformed message", 1),
-    ]
-    row = events(session)["e1"]
-    assert (row.status, row.last_error, row.attempts) == ("dead", "image too large after 3 attempts", 3)
 
 
 def test_timestamps_are_stored_and_read_as_utc(session: Session) -> None:

@@ -10,14 +10,9 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Product, ProductTag
 from shared.db.tags import TaggingResult, apply_batch, record_human_decision
-from shared.labels import (
-    LabelledProduct,
-    decide,
-    import_labels,
-    label_watermark,
-    labelled_products,
-    labels_since,
-)
+from shared.labels.decisions import decide
+from shared.labels.imports import import_labels
+from shared.labels.queries import LabelledProduct, label_watermark, labelled_products, labels_since
 from shared.ml.dataset import load_manifest, load_records
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Product, ProductTag
 from shared.db.tags import TaggingResult, apply_batch
-from shared.labels import LabelError, ProductNotFound, decide, labels_since
+from shared.labels.decisions import LabelError, ProductNotFound, decide
+from shared.labels.queries import labels_since
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,18 +13,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared import labels
 from shared.db.models import Product, ProductTag
+from shared.db.sql import chunks
 from shared.db.tags import record_human_decision
 from shared.errors import ManifestError
-from shared.labels import (
-    CATALOGUE_SELLER,
-    ImportSummary,
-    Refusal,
-    import_labels,
-    label_watermark,
-    labels_since,
-)
+from shared.labels import imports
+from shared.labels.imports import CATALOGUE_SELLER, ImportSummary, Refusal, import_labels
+from shared.labels.queries import label_watermark, labels_since
 from shared.ml.dataset import load_manifest, load_records
 from tests.shared.labels.conftest import WriteManifest, jpeg
 
@@ -194,9 +190,9 @@ def test_small_chunks_give_the_same_result(
     session: Session, sample_manifest: Path, image_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large catalogues are read and written in chunks; the chunk boundaries must not show in the result."""
-    monkeypatch.setattr(labels, "_ROWS_PER_WRITE", 30)
-    monkeypatch.setattr(labels, "_IMAGE_MEMORY_BUDGET", 1)  # one pass over the archive per 30 rows
-    monkeypatch.setattr(labels, "_KEYS_PER_QUERY", 7)
+    monkeypatch.setattr(imports, "_ROWS_PER_WRITE", 30)
+    monkeypatch.setattr(imports, "_IMAGE_MEMORY_BUDGET", 1)  # one pass over the archive per 30 rows
+    monkeypatch.setattr(imports, "chunks", functools.partial(chunks, size=7))
     seen: list[int] = []
 
     summary = import_labels(session, sample_manifest, image_dir=image_dir,

@@ -1,9 +1,8 @@
-"""Human labels: a person's decisions on tags, catalogue imports, and the reads that retraining needs.
+"""Catalogue imports: a labelled dataset manifest becomes products with confirmed human labels.
 
-A human label is a ``product_tags`` row with ``source='human'``: ``confirmed`` rows are training
-targets, ``rejected`` rows are negatives. The model never overwrites them (``apply_batch`` only
-replaces ``source='model'`` rows). Every function takes the session first and never commits: the
-command or request that calls it owns the transaction, so an import or a correction lands whole.
+Idempotent and row by row: a bad row is refused with its reason and never stops the others, and a
+second import of the same manifest changes nothing. Never commits: the caller owns the transaction,
+so an import lands whole.
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ import io
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import sqlalchemy as sa
@@ -25,17 +24,15 @@ from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.models import Product, ProductTag
-from shared.db.tags import dialect_insert, product_content_hash, record_human_decision
-from shared.errors import PermanentError
+from shared.db.sql import chunks, dialect_insert
+from shared.db.tags import product_content_hash
+from shared.labels.text import MAX_VALUE_LENGTH, text_problem
 from shared.ml.dataset import DatasetManifest, Record, load_manifest, load_records, read_images
 
-Action = Literal["confirm", "reject", "correct"]
-ACTIONS: tuple[Action, ...] = ("confirm", "reject", "correct")
 CATALOGUE_SELLER = "catalogue"
 # The product.uploaded contract's limits: an imported product must be one a seller could also upload.
 MAX_ID_LENGTH = 200
 MAX_TITLE_LENGTH = 500
-MAX_VALUE_LENGTH = 100  # a longer "label" is a misplaced description, not a class name
 DEFAULT_MAX_IMAGE_BYTES = 10_000_000
 # Uploads are ordered by last_event_at; an import is not an upload, so it sorts before every real
 # one and the seller's next upload of the product always wins (its human labels stay).
@@ -44,17 +41,8 @@ _ROWS_PER_WRITE = 2000  # rows written per round of statements: bounds the param
 # Images held in memory at once; each chunk of rows is one pass over an images archive, so a small
 # archive is read once and a large one in as few passes as this budget allows.
 _IMAGE_MEMORY_BUDGET = 256 * 1024 * 1024
-_KEYS_PER_QUERY = 500  # ids per IN (...) list: well under SQLite's and Postgres's parameter limits
 _products = cast(sa.Table, Product.__table__)
 _tags = cast(sa.Table, ProductTag.__table__)
-
-
-class LabelError(PermanentError):
-    """A decision that cannot be stored as given (bad action, missing or blank value)."""
-
-
-class ProductNotFound(LabelError):
-    """The decision names a product the database does not have (an API maps this to 404)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,97 +72,6 @@ class ImportSummary:
         return self.rows - len(self.refused)
 
 
-@dataclass(slots=True)
-class LabelledProduct:
-    """A training example: the product's text and image with its confirmed values per axis."""
-
-    product_id: str
-    text: str
-    image_uri: str | None
-    labels: dict[str, list[str]]
-    labelled_at: datetime  # the newest of the returned labels' updated_at
-
-
-# --- decisions ------------------------------------------------------------------------------------
-
-def _clean(name: str, value: str | None) -> str:
-    """A stripped, storable axis or value; blank, NUL-bearing or over-long text is refused."""
-    text = (value or "").strip()
-    problem = _text_problem(text) if text else "is blank"
-    if problem is None and len(text) > MAX_VALUE_LENGTH:
-        problem = f"is {len(text)} characters (at most {MAX_VALUE_LENGTH})"
-    if problem is not None:
-        raise LabelError(f"{name} {problem}")
-    return text
-
-
-def decide(
-    session: Session, product_id: str, axis: str, value: str, action: Action,
-    corrected_value: str | None = None, *, multi: bool = False,
-) -> dict[str, str]:
-    """Store a person's decision on one tag; idempotent (a repeated decision writes nothing), never commits.
-
-    ``confirm`` confirms ``value``; ``reject`` rejects it; ``correct`` rejects it and confirms
-    ``corrected_value``. On a single-label axis (``multi=False``) a confirmation also rejects the
-    product's other human-confirmed values on the axis. Returns ``{value: new status}`` for the
-    rows it changed.
-    """
-    if action not in ACTIONS:
-        raise LabelError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
-    axis, value = _clean("axis", axis), _clean("value", value)
-    right: str | None = None
-    if action == "correct":
-        if corrected_value is None or not corrected_value.strip():
-            raise LabelError(f"correcting {axis}={value} needs corrected_value (the right value)")
-        right = _clean("corrected_value", corrected_value)
-        if right == value:
-            raise LabelError(f"corrected_value equals the value being corrected ({value!r}); use confirm")
-    elif corrected_value is not None:
-        raise LabelError(f"corrected_value goes only with 'correct', not with {action!r}")
-    elif action == "confirm":
-        right = value
-    # Lock the product row: it serialises two people deciding on one product (two "only" values on a
-    # single-label axis) and a worker replacing its model tags (apply_batch's upsert takes this lock).
-    found = session.scalar(
-        sa.select(Product.product_id).where(Product.product_id == product_id).with_for_update()
-    )
-    if found is None:
-        raise ProductNotFound(f"product {product_id!r} does not exist")
-    current = {tag_value: status for tag_value, status in session.execute(
-        sa.select(ProductTag.value, ProductTag.status).where(
-            ProductTag.product_id == product_id, ProductTag.axis == axis, ProductTag.source == "human")
-    ).tuples()}
-    changes: dict[str, str] = {}
-
-    def store(tag_value: str, status: str) -> None:
-        if current.get(tag_value) != status:
-            record_human_decision(session, product_id, axis, tag_value, status)
-            current[tag_value] = changes[tag_value] = status
-
-    if action != "confirm":
-        store(value, "rejected")
-    if right is not None:
-        store(right, "confirmed")
-        if not multi:
-            for other, status in sorted(current.items()):
-                if other != right and status == "confirmed":
-                    store(other, "rejected")
-    return changes
-
-
-# --- import ---------------------------------------------------------------------------------------
-
-def _text_problem(text: str) -> str | None:
-    """Why a string cannot be stored as TEXT on both dialects, or None."""
-    if "\x00" in text:
-        return "contains a NUL character (Postgres cannot store it)"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid Unicode text (a lone surrogate)"
-    return None
-
-
 def _row_problem(record: Record, manifest: DatasetManifest) -> str | None:
     """The first reason a row cannot be imported as it stands (images are checked later), or None."""
     if len(record.id) > MAX_ID_LENGTH:
@@ -184,7 +81,7 @@ def _row_problem(record: Record, manifest: DatasetManifest) -> str | None:
     if len(record.text) > MAX_TITLE_LENGTH:
         return f"title is {len(record.text)} characters (at most {MAX_TITLE_LENGTH})"
     for name, text in (("id", record.id), ("title", record.text)):
-        if (problem := _text_problem(text)) is not None:
+        if (problem := text_problem(text)) is not None:
             return f"{name} {problem}"
     if not any(record.labels.values()):
         return f"no label on any axis ({', '.join(manifest.axes)})"
@@ -194,7 +91,7 @@ def _row_problem(record: Record, manifest: DatasetManifest) -> str | None:
         for value in values:
             if len(value) > MAX_VALUE_LENGTH:
                 return f"axis '{axis}': value is {len(value)} characters (at most {MAX_VALUE_LENGTH})"
-            if (problem := _text_problem(value)) is not None:
+            if (problem := text_problem(value)) is not None:
                 return f"axis '{axis}': value {problem}"
     return None
 
@@ -268,11 +165,6 @@ def _store_images(
     return uris, problems
 
 
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    for start in range(0, len(ids), _KEYS_PER_QUERY):
-        yield list(ids[start : start + _KEYS_PER_QUERY])
-
-
 def _write_products(
     session: Session, records: Sequence[Record], uris: dict[str, str | None], summary: ImportSummary,
     now: datetime,
@@ -284,7 +176,7 @@ def _write_products(
     """
     ids = sorted(r.id for r in records)
     existing: dict[str, tuple[str, str | None, str | None]] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         # Row locks in key order (deadlock avoidance), held until the caller commits.
         rows = session.execute(
             sa.select(_products.c.product_id, _products.c.title, _products.c.description,
@@ -325,7 +217,7 @@ def _write_labels(
     """Confirm every label of the rows; on single-label axes earlier confirmed values are rejected."""
     ids = sorted(r.id for r in records)
     human: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = session.execute(
             sa.select(_tags.c.product_id, _tags.c.axis, _tags.c.value, _tags.c.status)
             .where(_tags.c.product_id.in_(chunk), _tags.c.source == "human")
@@ -418,55 +310,3 @@ def import_labels(
             progress(start + len(chunk), len(records))
     summary.refused.sort(key=lambda refusal: order[refusal.row_id])
     return summary
-
-
-# --- reads for retraining -------------------------------------------------------------------------
-
-def labelled_products(
-    session: Session, *, exclude: Set[str] = frozenset(), axes: Sequence[str] | None = None,
-) -> list[LabelledProduct]:
-    """Products with at least one confirmed human label (on ``axes``, if given), by product id; read-only.
-
-    ``exclude`` (for example the frozen evaluation set) is applied here rather than in SQL, so
-    a set of any size costs no bound parameters.
-    """
-    query = (
-        sa.select(_products.c.product_id, _products.c.title, _products.c.description,
-                  _products.c.image_uri, _tags.c.axis, _tags.c.value, _tags.c.updated_at)
-        .join(_tags, _tags.c.product_id == _products.c.product_id)
-        .where(_tags.c.source == "human", _tags.c.status == "confirmed")
-        .order_by(_products.c.product_id, _tags.c.axis, _tags.c.value)
-    )
-    if axes is not None:
-        query = query.where(_tags.c.axis.in_(sorted(set(axes))))
-    found: dict[str, LabelledProduct] = {}
-    for row in session.execute(query):
-        if row.product_id in exclude:
-            continue
-        product = found.get(row.product_id)
-        if product is None:
-            text = f"{row.title} {row.description}" if row.description else row.title
-            product = found[row.product_id] = LabelledProduct(
-                product_id=row.product_id, text=text, image_uri=row.image_uri, labels={},
-                labelled_at=row.updated_at,
-            )
-        product.labels.setdefault(row.axis, []).append(row.value)
-        product.labelled_at = max(product.labelled_at, row.updated_at)
-    return list(found.values())
-
-
-def label_watermark(session: Session) -> datetime | None:
-    """When the newest human label (confirmed or rejected) was written; None before the first one.
-
-    Recorded on a trained model (``model_versions.label_watermark``) so that
-    :func:`labels_since` can tell how many labels arrived after it.
-    """
-    return session.scalar(sa.select(sa.func.max(_tags.c.updated_at)).where(_tags.c.source == "human"))
-
-
-def labels_since(session: Session, ts: datetime | None) -> int:
-    """How many human label rows were written after ``ts`` (every one when ``ts`` is None); read-only."""
-    query = sa.select(sa.func.count()).select_from(_tags).where(_tags.c.source == "human")
-    if ts is not None:
-        query = query.where(_tags.c.updated_at > ts)
-    return int(session.scalar(query) or 0)
