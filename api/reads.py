@@ -6,9 +6,6 @@ The same data is readable straight from Postgres; ``docs/READ-CONTRACT.md`` is t
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -19,11 +16,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from api.auth import require
-from api.errors import AUTH_ERRORS, BadRequest, InvalidParameter, NotFound, ServerFault, responses
+from api.errors import AUTH_ERRORS, InvalidParameter, NotFound, ServerFault, responses
+from api.paging import NotAKey, decode_cursor, encode_cursor
 from api.state import AppState, get_state
 from shared.db.models import TAG_STATUSES, Product, ProductTag
 from shared.db.session import session_scope
-from shared.registry import MANIFEST, artifact_prefix, live_version
+from shared.errors import ArtifactError
+from shared.ml.manifest import MANIFEST, ModelManifest, parse_manifest, read_manifest
+from shared.registry import artifact_prefix, live_version
 from shared.storage import ObjectNotFound, open_store
 
 log = logging.getLogger("tagger.api.reads")
@@ -109,23 +109,11 @@ def product_tags(request: Request, product_id: str) -> ProductTags:
 # --- GET /v1/tags/{axis}/{value}/products --------------------------------------------------------
 
 
-def encode_cursor(product_id: str) -> str:
-    """An opaque cursor: the last product_id of a page (clients must not build or parse it)."""
-    raw = json.dumps({"after": product_id}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The product_id a cursor names; a cursor this API did not hand out is a 400 naming ``cursor``."""
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        doc = json.loads(raw.decode())
-    except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        doc = None
-    if not isinstance(doc, dict) or set(doc) != {"after"} or not isinstance(doc["after"], str):
-        raise BadRequest("invalid cursor: pass back the 'next_cursor' of the previous page unchanged",
-                         parameter="cursor")
-    return doc["after"]
+def _product_key(after: Any) -> str:
+    """This route's cursor key: the last product_id of a page."""
+    if not isinstance(after, str):
+        raise NotAKey(after)
+    return after
 
 
 def _check_statuses(statuses: list[str]) -> list[str]:
@@ -155,7 +143,7 @@ def tagged_products(
 ) -> TaggedProductsPage:
     """Products carrying ``axis=value``, ordered by product_id, paged with a keyset cursor."""
     statuses = _check_statuses(status) if status else list(APPLIED_STATUSES)
-    after = decode_cursor(cursor) if cursor is not None else None
+    after = decode_cursor(cursor, _product_key) if cursor is not None else None
     query = sa.select(ProductTag).where(
         ProductTag.axis == axis, ProductTag.value == value, ProductTag.status.in_(statuses)
     )
@@ -176,37 +164,31 @@ def tagged_products(
 # --- GET /v1/taxonomy ----------------------------------------------------------------------------
 
 
-def _taxonomy(manifest: Any, where: str) -> dict[str, Any]:
+def _taxonomy(manifest: ModelManifest) -> dict[str, Any]:
     """The public part of a manifest: its version and, per axis, kind and values (nothing else)."""
-    try:
-        axes = {name: Axis(kind=spec["kind"], values=list(spec["values"]))
-                for name, spec in manifest["axes"].items()}
-        return Taxonomy(model_version=manifest["version"], axes=axes).model_dump()
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise ServerFault(
-            f"model manifest {where} has no usable axes ({type(exc).__name__}: {exc})") from None
+    axes = {name: Axis(kind=spec.kind, values=spec.values) for name, spec in manifest.axes.items()}
+    return Taxonomy(model_version=manifest.version, axes=axes).model_dump()
 
 
 def _live_taxonomy(state: AppState, version: str) -> dict[str, Any]:
     key = f"{artifact_prefix(version)}/{MANIFEST}"
     store = open_store(state.settings.object_store_url, state.settings)
     try:
-        manifest = json.loads(store.get(key))
+        manifest = parse_manifest(store.get(key), store.uri(key))
     except ObjectNotFound:
         raise ServerFault(
             f"live model {version}: {store.uri(key)} is missing from the object store") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServerFault(f"live model {version}: {store.uri(key)} is unreadable: {exc}") from None
-    return _taxonomy(manifest, store.uri(key))
+    except ArtifactError as exc:  # names the manifest's URI and the bad key
+        raise ServerFault(f"live model {version}: {exc}") from None
+    return _taxonomy(manifest)
 
 
 def _default_taxonomy(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServerFault(f"default model {path}: unreadable manifest: {exc}") from None
-    return _taxonomy(manifest, str(path))
+        manifest = read_manifest(model_dir)
+    except ArtifactError as exc:  # "<path>: unreadable manifest: ..." and the like
+        raise ServerFault(f"default model {exc}") from None
+    return _taxonomy(manifest)
 
 
 @router.get("/taxonomy", response_model=Taxonomy,

@@ -7,11 +7,8 @@ overwrites; once a product has a human decision on an axis it leaves the queue f
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import aliased
 
 from api.auth import require
-from api.errors import AUTH_ERRORS, BadRequest, InvalidParameter, NotFound, responses
+from api.errors import AUTH_ERRORS, InvalidParameter, NotFound, responses
+from api.paging import NotAKey, decode_cursor, encode_cursor
 from api.reads import taxonomy as served_taxonomy
 from api.state import get_state
 from shared.db.models import Product, ProductTag
@@ -96,25 +94,13 @@ class DecisionResult(BaseModel):
 _Key = tuple[float, str, str]
 
 
-def encode_cursor(key: _Key) -> str:
-    """An opaque cursor: the (score, product_id, axis) of a page's last item."""
-    raw = json.dumps({"after": list(key)}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> _Key:
-    """The key a cursor names; a cursor this API did not hand out is a 400 naming ``cursor``."""
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        doc = json.loads(raw.decode())
-    except (binascii.Error, ValueError):
-        doc = None
-    after = doc.get("after") if isinstance(doc, dict) and set(doc) == {"after"} else None
+def _queue_key(after: Any) -> _Key:
+    """This route's cursor key (wire format in api.paging): (score, product_id, axis) of a page's
+    last item."""
     if (not isinstance(after, list) or len(after) != 3
             or not isinstance(after[0], int | float) or isinstance(after[0], bool)
             or not isinstance(after[1], str) or not isinstance(after[2], str)):
-        raise BadRequest("invalid cursor: pass back the 'next_cursor' of the previous page unchanged",
-                         parameter="cursor")
+        raise NotAKey(after)
     return float(after[0]), after[1], after[2]
 
 
@@ -156,7 +142,7 @@ def review_queue(
     """(product, axis) pairs with model tags in ``review``, no human decision yet and (single-label
     axes) no value the model applied, most uncertain first: ordered by the best review score of the
     pair, ascending, then product_id, axis."""
-    after = decode_cursor(cursor) if cursor is not None else None
+    after = decode_cursor(cursor, _queue_key) if cursor is not None else None
     queue = _queue_query(axis, multi_label_axes(request))
     query = (
         sa.select(queue.c.product_id, queue.c.axis, queue.c.top, Product.title, Product.image_uri)
@@ -187,7 +173,7 @@ def review_queue(
                 candidates=[Candidate(value=t.value, score=t.score) for t in best],
                 model_version=best[0].model_version if best else None,
             ))
-    next_cursor = encode_cursor((rows[-1].top, rows[-1].product_id, rows[-1].axis)) if more else None
+    next_cursor = encode_cursor([rows[-1].top, rows[-1].product_id, rows[-1].axis]) if more else None
     return ReviewPage(items=items, next_cursor=next_cursor)
 
 

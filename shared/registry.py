@@ -28,13 +28,12 @@ from shared.config import DEFAULT_MODEL_DIR, Settings
 from shared.db.base import utcnow
 from shared.db.models import ModelVersion
 from shared.errors import ArtifactError, PermanentError
+from shared.ml.manifest import HEAD, MANIFEST, ModelManifest, read_manifest
 from shared.storage import ObjectExistsError, ObjectNotFound, ObjectStore
 
 log = logging.getLogger("shared.registry")
 
 MODELS = "models"
-MANIFEST = "manifest.json"  # the names shared.ml.artifact uses; not imported: that module loads torch
-HEAD = "head.safetensors"
 CHECKSUMS = "checksums.json"
 _MARKER = ".verified.json"  # in a cache folder: the checksums it was verified against
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -68,27 +67,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_manifest(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found (is {model_dir} a model directory?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable manifest: {exc}") from None
-    if not isinstance(manifest, dict) or "version" not in manifest:
-        raise ArtifactError(f"{path}: missing key 'version'")
-    _check_version(manifest["version"])
+def _versioned_manifest(model_dir: Path) -> ModelManifest:
+    """The folder's manifest (schema: shared.ml.manifest), with a version usable as a store key."""
+    manifest = read_manifest(model_dir)
+    _check_version(manifest.version)
     return manifest
 
 
-def _artifact_files(manifest: dict[str, Any], where: str) -> list[str]:
+def _artifact_files(manifest: ModelManifest, where: str) -> list[str]:
     """manifest.json plus every file the manifest lists; names must stay inside the artifact."""
-    files = manifest.get("files") or [HEAD]
-    if not isinstance(files, list):
-        raise ArtifactError(f"{where}: 'files' must be a list of file names")
+    files = manifest.files or [HEAD]
     for name in files:
-        if not isinstance(name, str) or not _FILE.match(name) or name in (MANIFEST, CHECKSUMS, _MARKER):
+        if not _FILE.match(name) or name in (MANIFEST, CHECKSUMS, _MARKER):
             raise ArtifactError(f"{where}: 'files' entry {name!r} is not a plain artifact file name")
     return [MANIFEST, *dict.fromkeys(files)]
 
@@ -100,8 +90,8 @@ def _checksums(version: str, blobs: dict[str, bytes]) -> dict[str, Any]:
             "files": {n: {"sha256": _sha256(b), "size": len(b)} for n, b in sorted(blobs.items())}}
 
 
-def _read_local(model_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-    manifest = _read_manifest(model_dir)
+def _read_local(model_dir: Path) -> tuple[ModelManifest, dict[str, bytes]]:
+    manifest = _versioned_manifest(model_dir)
     blobs: dict[str, bytes] = {}
     for name in _artifact_files(manifest, str(model_dir / MANIFEST)):
         try:
@@ -141,7 +131,7 @@ def publish_artifact(store: ObjectStore, model_dir: str | Path) -> tuple[str, di
     model_dir = Path(model_dir)
     load_artifact(model_dir)  # never publish what could not be served
     manifest, blobs = _read_local(model_dir)
-    version = manifest["version"]
+    version = manifest.version
     prefix = artifact_prefix(version)
     if store.exists(f"{prefix}/{CHECKSUMS}"):
         raise ObjectExistsError(f"{store.uri(prefix)}: version {version} is already published")
@@ -172,7 +162,7 @@ def register(
         raise RegistryError(f"register: status must be one of {', '.join(REGISTER_STATUSES)}, not {status!r}")
     model_dir = Path(model_dir)
     manifest, blobs = _read_local(model_dir)
-    version = manifest["version"]
+    version = manifest.version
     if get_version(session, version) is not None:
         raise RegistryError(f"version {version} is already registered")
     if parent is not None and get_version(session, parent) is None:
@@ -189,7 +179,7 @@ def register(
             f"version {version}")
     row = ModelVersion(
         version=version, uri=uri, status="candidate" if status == "live" else status,
-        parent_version=parent, metrics=manifest.get("metrics") or {}, label_watermark=label_watermark,
+        parent_version=parent, metrics=manifest.metrics or {}, label_watermark=label_watermark,
         reason=reason,
     )
     session.add(row)
@@ -232,7 +222,7 @@ def _download_verified(store: ObjectStore, version: str, dest: Path) -> dict[str
             raise ArtifactError(f"{where}: {name} sha256 does not match {CHECKSUMS} (corrupt or replaced)")
         (dest / name).write_bytes(data)
     try:
-        manifest = _read_manifest(dest)
+        manifest = _versioned_manifest(dest)
         for name in _artifact_files(manifest, MANIFEST):
             if name not in checks["files"]:
                 raise ArtifactError(f"{name} is listed in {MANIFEST} but not in {CHECKSUMS}")

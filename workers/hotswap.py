@@ -14,8 +14,6 @@ import threading
 import time
 from typing import Any
 
-import sqlalchemy as sa
-
 from shared.metrics import set_live_model
 
 log = logging.getLogger("workers.hotswap")
@@ -76,11 +74,13 @@ class ModelWatcher:
         self._lock = threading.Lock()
 
     def live_version(self) -> str | None:
-        from shared.db.models import ModelVersion
+        """The version the registry says is live, from the worker's own database."""
         from shared.db.session import session_scope
+        from shared.registry import live_version
 
         with session_scope(self.rt.settings.database_url) as session:
-            return session.scalar(sa.select(ModelVersion.version).where(ModelVersion.status == "live"))
+            row = live_version(session)
+            return row.version if row is not None else None
 
     def poll(self) -> None:
         """Called before each batch; never raises, never blocks on a load."""

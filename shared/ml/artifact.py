@@ -1,6 +1,7 @@
 """Model artifacts: ``manifest.json`` + ``head.safetensors`` (+ ``text_adapter.safetensors``).
 
-Never pickle: weights are safetensors, everything else is JSON.
+Never pickle: weights are safetensors, everything else is JSON. The manifest's names, format and
+schema live in the torch-free :mod:`shared.ml.manifest`; this module adds the weights.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from shared.errors import ArtifactError
+from shared.ml.manifest import ADAPTER, FORMAT, HEAD, MANIFEST, parse_manifest, read_manifest
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-HEAD = "head.safetensors"
-ADAPTER = "text_adapter.safetensors"
+__all__ = ["ADAPTER", "FORMAT", "HEAD", "MANIFEST", "Artifact", "load_artifact", "save_artifact"]
 
 
 @dataclass
 class Artifact:
+    """A model in memory: the manifest's JSON document (checked by shared.ml.manifest on load and
+    before saving) and the weights it names."""
+
     manifest: dict
     head: dict[str, torch.Tensor]
     adapter: dict[str, torch.Tensor] | None
@@ -33,15 +35,16 @@ class Artifact:
 
 
 def save_artifact(out_dir: str | Path, artifact: Artifact) -> Path:
-    """Write the three files; weights in fp32 (the head is small, and scores must round-trip)."""
+    """Write the three files; weights in fp32 (the head is small, and scores must round-trip).
+    The manifest is checked against the schema first: nothing is written for one no reader accepts."""
     out = Path(out_dir)
+    files = [HEAD] if artifact.adapter is None else [HEAD, ADAPTER]
+    manifest = {**artifact.manifest, "format": FORMAT, "files": files}
+    parse_manifest(manifest, str(out / MANIFEST))  # never write what no reader would accept
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in artifact.head.items()}, str(out / HEAD))
-    files = [HEAD]
     if artifact.adapter is not None:
         save_file({k: v.contiguous() for k, v in artifact.adapter.items()}, str(out / ADAPTER))
-        files.append(ADAPTER)
-    manifest = {**artifact.manifest, "format": FORMAT, "files": files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return out
 
@@ -49,21 +52,10 @@ def save_artifact(out_dir: str | Path, artifact: Artifact) -> Path:
 def load_artifact(model_dir: str | Path) -> Artifact:
     """Read and sanity-check an artifact directory; every failure names the file and reason."""
     d = Path(model_dir)
-    mpath = d / MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{mpath}: not found (is {d} a model directory?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{mpath}: unreadable manifest: {exc}") from None
-    for key in ("version", "encoders", "head", "axes"):
-        if key not in manifest:
-            raise ArtifactError(f"{mpath}: missing key '{key}'")
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{mpath}: format {manifest.get('format')!r}, this code reads {FORMAT}")
+    spec = read_manifest(d)
     head = _load(d / HEAD)
-    adapter = _load(d / ADAPTER) if ADAPTER in manifest.get("files", []) else None
-    return Artifact(manifest=manifest, head=head, adapter=adapter)
+    adapter = _load(d / ADAPTER) if spec.has_adapter else None
+    return Artifact(manifest=spec.to_json(), head=head, adapter=adapter)
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

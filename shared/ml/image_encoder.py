@@ -7,6 +7,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from shared.errors import ArtifactError
 from shared.ml.colour import COLOUR_DIM, COLOUR_VERSION, colour_features
 from shared.ml.device import autocast, resolve_device
 from shared.stopwatch import Stopwatch
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
 
@@ -126,6 +130,17 @@ class ImageEncoder:
             T.Normalize(self.pre.mean, self.pre.std),
         ])
         self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, arch: str = DEFAULT_ARCH, preprocessing: ImagePreprocessing | None = None,
+    ) -> ImageEncoder:
+        """The backbone from the settings' weights, device, batch size and image limits; ``arch`` and
+        ``preprocessing`` are what a model pins. Training and serving both build it here."""
+        return cls(settings.image_weights_path, arch=arch, preprocessing=preprocessing,
+                   device=settings.device, batch_size=settings.encode_batch_size,
+                   decode_threads=settings.decode_threads, max_image_bytes=settings.max_image_bytes,
+                   max_image_pixels=settings.max_image_pixels)
 
     def decode(self, data: bytes) -> Image.Image:
         """Bytes -> RGB image, refusing oversized files and decompression bombs before decoding."""

@@ -17,6 +17,7 @@ from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
 from shared.ml.labels import Axis
+from shared.ml.manifest import EncodersSpec
 from shared.ml.text_encoder import TextEncoder
 from shared.stopwatch import Stopwatch
 
@@ -62,6 +63,33 @@ def build_head(manifest: dict, state: dict[str, torch.Tensor] | None = None) -> 
     return head.eval()
 
 
+def load_encoders(
+    spec: EncodersSpec, adapter: dict[str, torch.Tensor] | None, settings: Settings, version: str,
+) -> tuple[TextEncoder, ImageEncoder]:
+    """The encoders a model was trained with, built from the settings; ArtifactError if the ones
+    here are not those (other weights, or an adapter that is not the trained one)."""
+    t, i = spec.text, spec.image
+    text = TextEncoder.from_settings(settings, max_length=t.max_length, adapter=adapter, lora=t.lora,
+                                     include_base=t.include_base)
+    if text.base_id != t.base_id:
+        raise ArtifactError(
+            f"model {version} needs text encoder {t.base_id}, but {text.path} is {text.base_id}")
+    if t.id and text.encoder_id != t.id:
+        raise ArtifactError(f"text adapter of {version} does not match its manifest "
+                            f"({text.encoder_id} != {t.id}): corrupt artifact")
+    pre = {k: tuple(v) if k in ("mean", "std") else v for k, v in i.preprocessing.items()}
+    try:
+        preprocessing = ImagePreprocessing(**pre)
+    except TypeError as exc:
+        raise ArtifactError(f"model {version}: image preprocessing {i.preprocessing} is not one this "
+                            f"code can apply ({exc})") from None
+    image = ImageEncoder.from_settings(settings, arch=i.arch, preprocessing=preprocessing)
+    if image.encoder_id != i.id:
+        raise ArtifactError(
+            f"model {version} needs image encoder {i.id}, but the weights here give {image.encoder_id}")
+    return text, image
+
+
 class Tagger:
     """A loaded model: encoders (checked against the artifact), fusion head, calibrated axes."""
 
@@ -88,34 +116,8 @@ class Tagger:
         fails with ArtifactError if the encoders here are not the ones it was trained with."""
         s = settings or get_settings()
         artifact = load_artifact(model_dir or s.model_dir)
-        enc = artifact.manifest["encoders"]
-        t, i = enc["text"], enc["image"]
-        text = TextEncoder(
-            s.text_model_path, device=s.device, batch_size=s.encode_batch_size,
-            max_length=t.get("max_length", 64), adapter=artifact.adapter, lora=t.get("lora"),
-            include_base=bool(t.get("include_base")),
-        )
-        if text.base_id != t["base_id"]:
-            raise ArtifactError(
-                f"model {artifact.version} needs text encoder {t['base_id']}, "
-                f"but {text.path} is {text.base_id}"
-            )
-        if t.get("id") and text.encoder_id != t["id"]:
-            raise ArtifactError(f"text adapter of {artifact.version} does not match its manifest "
-                                f"({text.encoder_id} != {t['id']}): corrupt artifact")
-        image = ImageEncoder(
-            s.image_weights_path, arch=i["arch"],
-            preprocessing=ImagePreprocessing(**{**i["preprocessing"],
-                                                "mean": tuple(i["preprocessing"]["mean"]),
-                                                "std": tuple(i["preprocessing"]["std"])}),
-            device=s.device, batch_size=s.encode_batch_size, decode_threads=s.decode_threads,
-            max_image_bytes=s.max_image_bytes, max_image_pixels=s.max_image_pixels,
-        )
-        if image.encoder_id != i["id"]:
-            raise ArtifactError(
-                f"model {artifact.version} needs image encoder {i['id']}, but the weights here "
-                f"give {image.encoder_id}"
-            )
+        spec = EncodersSpec.model_validate(artifact.manifest["encoders"])  # checked by load_artifact
+        text, image = load_encoders(spec, artifact.adapter, s, artifact.version)
         return cls(artifact, text, image, cache)
 
     @torch.inference_mode()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from shared.errors import ArtifactError
 from shared.ml.device import autocast, resolve_device
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 LORA_TARGETS = ["query", "key", "value", "dense"]
@@ -89,6 +93,16 @@ class TextEncoder:
         if adapter is not None:
             self.attach_lora(lora or {}, trainable=False, state=adapter)
         self.model.eval().to(self.device)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, max_length: int = 64, adapter: dict[str, torch.Tensor] | None = None,
+        lora: dict | None = None, include_base: bool = False,
+    ) -> TextEncoder:
+        """The encoder at the settings' path, device and batch size; the keywords are what a model
+        pins. Training and serving both build it here, so they never read different settings."""
+        return cls(settings.text_model_path, device=settings.device, batch_size=settings.encode_batch_size,
+                   max_length=max_length, adapter=adapter, lora=lora, include_base=include_base)
 
     @property
     def dual(self) -> bool:

@@ -24,6 +24,7 @@ from shared.ml.head import FusionHead
 from shared.ml.head_training import Features, HeadTrainConfig, train_head
 from shared.ml.image_encoder import ImageEncoder
 from shared.ml.labels import Axis, build_axes, targets
+from shared.ml.manifest import ModelManifest
 from shared.ml.split import duplicate_groups, grouped_split
 from shared.ml.text_encoder import TextEncoder
 from shared.ml.text_tuning import tune_text_encoder
@@ -116,8 +117,7 @@ def tuned_text_encoder(
 ) -> tuple[TextEncoder, dict[str, torch.Tensor] | None]:
     """The text encoder, LoRA-tuned on the training part; tuned adapters are cached by their
     inputs, so re-running the same training does not tune again."""
-    enc = TextEncoder(settings.text_model_path, device=settings.device,
-                      batch_size=settings.encode_batch_size, include_base=cfg.text_include_base)
+    enc = TextEncoder.from_settings(settings, include_base=cfg.text_include_base)
     if not cfg.finetune_text:
         return enc, None
     lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r}
@@ -125,9 +125,8 @@ def tuned_text_encoder(
         _adapter_cache_key(enc.base_id, texts, y, cfg, axes) + ".safetensors")
     if path.is_file():
         state = load_file(str(path))
-        enc = TextEncoder(settings.text_model_path, device=settings.device,
-                          batch_size=settings.encode_batch_size, adapter=state, lora=lora,
-                          include_base=cfg.text_include_base)
+        enc = TextEncoder.from_settings(settings, adapter=state, lora=lora,
+                                        include_base=cfg.text_include_base)
         return enc, state
     state = tune_text_encoder(enc, texts, y, axes, epochs=cfg.text_epochs, lr=cfg.text_lr,
                               seed=cfg.seed, lora=lora, show_progress=show_progress)
@@ -169,9 +168,7 @@ def train_prepared(
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    image_enc = ImageEncoder(s.image_weights_path, device=s.device,
-                             batch_size=s.encode_batch_size, decode_threads=s.decode_threads,
-                             max_image_bytes=s.max_image_bytes, max_image_pixels=s.max_image_pixels)
+    image_enc = ImageEncoder.from_settings(s)
     ix, im = image_features(image_enc, data.blobs, cache, show_progress)
     timings["image_features_s"] = time.perf_counter() - t0
 
@@ -211,7 +208,8 @@ def train_prepared(
     timings["total_s"] = time.perf_counter() - started
     created = datetime.now(UTC)
     version = f"{data.name}-{created:%Y%m%d%H%M%S}-{data.fingerprint[:6]}"
-    manifest = {
+    # Built through the schema: a trainer cannot write a manifest the readers would refuse.
+    manifest = ModelManifest.model_validate({
         "version": version,
         "created_at": created.isoformat(timespec="seconds"),
         "encoders": {
@@ -234,7 +232,7 @@ def train_prepared(
             "config": asdict(cfg), "head_log": head_log,
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
         },
-    }
+    }).to_json()
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter))
     cache.close()

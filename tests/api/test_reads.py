@@ -207,6 +207,23 @@ def test_taxonomy_from_live_registry_version(
         assert client.get("/v1/taxonomy", headers=auth(tokens)).json() == body
 
 
+def test_taxonomy_of_a_manifest_the_schema_refuses_is_500_naming_the_key(
+    db: str, tokens: dict[str, str], tmp_path: Path, broker: Any
+) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    del manifest["axes"]["season"]["kind"]
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    settings = Settings(database_url=db, broker_url=REDIS_URL, model_dir=model_dir,
+                        cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings, LIMITS)) as client:
+        response = client.get("/v1/taxonomy", headers=auth(tokens))
+    assert response.status_code == 500
+    assert response.json()["detail"] == (
+        f"default model {model_dir / 'manifest.json'}: missing key 'axes.season.kind'")
+
+
 # --- auth ---------------------------------------------------------------------------------------------
 
 READ_ROUTES = ["/v1/products/p1/tags", "/v1/tags/colour/Black/products", "/v1/taxonomy"]
