@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -48,3 +49,10 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     review_page.mount_static(app)
     app.include_router(metrics.router)
     return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document of an app built with fixed settings: it must not depend on this machine's env."""
+    # Nothing connects: the publisher only names its broker until the first publish.
+    settings = Settings(database_url="sqlite://", broker_url="redis://localhost:6379/0")
+    return create_app(settings, ApiSettings()).openapi()

@@ -15,9 +15,6 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(
         1_000_000, ge=1, description="Largest request body, in bytes (checked on Content-Length and read)."
     )
-    sweep_after_s: float = Field(
-        30.0, gt=0, description="The sweeper re-enqueues events recorded but not queued for this long."
-    )
     readiness_timeout_s: float = Field(
         1.0, gt=0, description="How long /readyz waits for the broker before calling it down."
     )

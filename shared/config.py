@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Deliveries of an event before it is dead-lettered.")
     visibility_timeout_s: int = Field(
         3600, ge=1, description="Redis: seconds before an unacked message is redelivered."
+    )
+    sweep_after_s: float = Field(
+        30.0, gt=0, description="The sweeper re-enqueues events the API recorded but did not queue "
+        "for this long.",
+        # Its name before the sweeper moved from the API to the workers; still read.
+        validation_alias=AliasChoices("TAGGER_SWEEP_AFTER_S", "TAGGER_API_SWEEP_AFTER_S", "sweep_after_s"),
     )
     image_hosts: list[str] = Field(
         default_factory=list, description="Hosts that https:// image URIs may name (JSON list)."

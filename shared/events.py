@@ -2,12 +2,18 @@
 
 Producers validate with it before sending and the worker validates again on receipt, so a message
 that reaches the queue has the same shape everywhere. Unknown fields are rejected (a typo such as
-``imageUri`` must not silently drop the photo), and every error names its field.
+``imageUri`` must not silently drop the photo), and every error names its field. Files of events
+(JSONL or CSV) are read and validated here too, line by line, for any producer that sends in bulk.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -20,10 +26,12 @@ from pydantic import (
     field_validator,
 )
 
-# The Celery task name the worker registers; producers send to it by name so they never import workers/.
-TAG_TASK = "tagger.tag_product"
+from shared.errors import PermanentError
+
 EVENT_TYPE = "product.uploaded"
 IMAGE_SCHEMES = ("s3", "https", "file")
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+CSV_SUFFIXES = {".csv"}
 
 # Ids are opaque, but a blank one would make every blank-id event the "same" event to the dedupe.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
@@ -96,3 +104,71 @@ def format_errors(exc: ValidationError) -> list[str]:
             reason = _FRIENDLY.get(err["type"]) or err["msg"].removeprefix("Value error, ")
         lines.append(f"{field}: {reason}")
     return lines
+
+
+# --- event files (JSONL or CSV), as `tagger publish` and batch producers read them -----------------
+
+class InputUnusable(PermanentError):
+    """The file as a whole cannot be read (missing, wrong type, wrong encoding)."""
+
+
+@dataclass
+class Validated:
+    """The outcome of reading a file: events to send and, per rejected line, its reasons."""
+
+    accepted: list[ProductUploaded] = field(default_factory=list)
+    rejected: list[tuple[int, list[str]]] = field(default_factory=list)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    with path.open(encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, f"line: not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            yield lineno, row if isinstance(row, dict) else "line: expected a JSON object"
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames:
+            return
+        start = reader.line_num + 1
+        for row in reader:
+            if None in row:
+                yield start, "line: more cells than header columns"
+            else:
+                # An empty cell means "absent", so optional fields stay None and required ones say missing.
+                yield start, {k: v for k, v in row.items() if k and v not in (None, "")}
+            start = reader.line_num + 1
+
+
+def read_events(path: Path) -> Validated:
+    """Validate every line of a JSONL or CSV file; never stops at the first bad line."""
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        rows = _jsonl_rows(path)
+    elif suffix in CSV_SUFFIXES:
+        rows = _csv_rows(path)
+    else:
+        raise InputUnusable(f"{path}: unknown extension {suffix or '(none)'!r}; use .jsonl, .ndjson or .csv")
+    result = Validated()
+    try:
+        for lineno, row in rows:
+            if isinstance(row, str):
+                result.rejected.append((lineno, [row]))
+                continue
+            try:
+                result.accepted.append(ProductUploaded.model_validate(row))
+            except ValidationError as exc:
+                result.rejected.append((lineno, format_errors(exc)))
+    except FileNotFoundError:
+        raise InputUnusable(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputUnusable(f"{path}: cannot read ({exc})") from None
+    return result

@@ -2,7 +2,7 @@
 
 Imports only pydantic and Celery's client side: no torch, no workers/ package, no database, so a
 seller service can publish without loading a model. The worker owns the task; this side knows it
-only by name (:data:`shared.events.TAG_TASK`).
+only by name (:data:`shared.tasks.TAG_PRODUCT`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from kombu.exceptions import BatchPublishError, OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
 from shared.errors import PermanentError, TransientError
-from shared.events import TAG_TASK, ProductUploaded
+from shared.events import ProductUploaded
+from shared.tasks import TAG_PRODUCT
 
 BROKER_SETTING = "TAGGER_BROKER_URL"
 # Events per Redis pipeline: the API's largest request (TAGGER_API_MAX_BATCH, 500) and the sweeper's
@@ -137,7 +138,7 @@ class Publisher:
     def _send(self, producer: Any, event: ProductUploaded) -> str:
         """One task message (buffered while a batch is open); returns its task id."""
         return self._app.send_task(
-            TAG_TASK, kwargs={"event": event.model_dump(mode="json")}, queue=self.queue,
+            TAG_PRODUCT.name, kwargs={"event": event.model_dump(mode="json")}, queue=self.queue,
             producer=producer, serializer="json", ignore_result=True,
             # Celery would saferepr the whole payload into these headers, read only by logs and Flower
             # (about 80 us of CPU per event, measured); the event id is what an operator looks for.

@@ -28,7 +28,7 @@ def test_documented_commands_exist() -> None:
     """Each `tagger <group> <command>` in the README's code blocks is a real command."""
     from typer.main import get_command
 
-    from workers.cli import app
+    from cli.main import app
 
     root = get_command(app)
     blocks = "\n".join(re.findall(r"```bash\n(.*?)```", README, flags=re.S))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from shared.config import Settings, get_settings
-from shared.events import TAG_TASK
+from shared.tasks import task_routes
 from workers.schedule import beat_schedule
 
 
@@ -23,35 +25,58 @@ def transport_options(s: Settings) -> dict:
     }
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    """Build the app from settings. Prefetch is twice the batch so the next batch fills while
-    one runs (FIELD-NOTES: prefetch x concurrency must exceed flush_every)."""
-    s = settings or get_settings()
-    app = Celery("tagger", broker=s.broker_url, include=["workers.tasks"])
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_default_queue=s.tagging_queue,
-        task_routes={TAG_TASK: {"queue": s.tagging_queue},
-                     "tagger.retrain": {"queue": s.training_queue},
-                     "tagger.check_new_labels": {"queue": s.training_queue},
-                     "tagger.sweep_ingested": {"queue": s.training_queue}},
-        beat_schedule=beat_schedule(s),
-        worker_prefetch_multiplier=2 * s.batch_size,
-        broker_transport_options=transport_options(s),
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        worker_hijack_root_logger=False,
-    )
-    return app
+def celery_config(s: Settings) -> dict[str, Any]:
+    """The app's configuration from settings. Prefetch is twice the batch so the next batch fills
+    while one runs (FIELD-NOTES: prefetch x concurrency must exceed flush_every)."""
+    return {
+        "broker_url": s.broker_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_default_queue": s.tagging_queue,
+        "task_routes": task_routes(s),
+        "beat_schedule": beat_schedule(s),
+        "worker_prefetch_multiplier": 2 * s.batch_size,
+        "broker_transport_options": transport_options(s),
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+    }
 
 
+class TaggerCelery(Celery):
+    """The workers' Celery app. It carries the settings it was built with and is configured from
+    them only when first used, so importing this module reads nothing from the environment."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__("tagger", include=["workers.tasks"])
+        self._tagger_settings = settings
+        self.add_defaults(lambda: celery_config(self.tagger_settings))
+
+    @property
+    def tagger_settings(self) -> Settings:
+        """The settings the tasks run with; an app built without any reads the environment once."""
+        if self._tagger_settings is None:
+            self._tagger_settings = get_settings()
+        return self._tagger_settings
+
+
+def create_app(settings: Settings | None = None) -> TaggerCelery:
+    """An app for these settings (default: the environment's, read on first use)."""
+    return TaggerCelery(settings)
+
+
+def settings_of(app: Any) -> Settings:
+    """The settings a worker's app was built with (the environment's for any other app)."""
+    return app.tagger_settings if isinstance(app, TaggerCelery) else get_settings()
+
+
+# What ``celery -A workers.app`` and ``tagger worker`` run: configured from the environment on first use.
 app = create_app()
 
 # Connect the start-up signals before any worker can send them.

@@ -21,7 +21,8 @@ from shared.config import Settings
 from shared.db.events import record_dead_letter, record_failure
 from shared.db.models import TaggingEvent
 from shared.db.session import session_scope
-from shared.events import TAG_TASK, ProductUploaded, format_errors
+from shared.events import ProductUploaded, format_errors
+from shared.tasks import TAG_PRODUCT
 
 log = logging.getLogger("workers.deliveries")
 
@@ -114,8 +115,8 @@ def _requeue(app: Any, s: Settings, d: Delivery, reason: str) -> None:
     if d.event is not None:
         kwargs["event"] = d.event.model_dump(mode="json")
     kwargs.update(attempt=d.attempt + 1, last_error=reason)
-    app.send_task(TAG_TASK, args=list(d.req.args or ()), kwargs=kwargs, queue=s.tagging_queue,
-                  countdown=min(2 ** d.attempt, MAX_BACKOFF_S))
+    app.send_task(TAG_PRODUCT.name, args=list(d.req.args or ()), kwargs=kwargs,
+                  queue=TAG_PRODUCT.queue_name(s), countdown=min(2 ** d.attempt, MAX_BACKOFF_S))
 
 
 def requeue_or_dead_letter(app: Any, s: Settings, deliveries: list[Delivery], exc: Exception) -> list[str]:

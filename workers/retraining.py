@@ -26,7 +26,6 @@ from shared.db.session import session_scope
 log = logging.getLogger("workers.retraining")
 RETRAIN_LOCK = 7_461_676_765_720_001  # any fixed bigint; names the retrain advisory lock
 EVAL_SET_KEY = "eval/eval-set.json"
-RETRAIN_TASK = "tagger.retrain"
 
 
 def frozen_eval_set(store: Any, product_ids: list[str], texts: dict[str, str],
@@ -159,7 +158,9 @@ def retrain_enqueuer(app: Any, s: Settings) -> Callable[[str], object]:
     """A callable that sends ``tagger.retrain(reason=...)`` to the training queue through ``app``."""
 
     def enqueue(reason: str) -> object:
-        return app.send_task(RETRAIN_TASK, kwargs={"reason": reason}, queue=s.training_queue)
+        from shared.tasks import RETRAIN
+
+        return app.send_task(RETRAIN.name, kwargs={"reason": reason}, queue=RETRAIN.queue_name(s))
 
     return enqueue
 

@@ -13,11 +13,18 @@ from celery.signals import celeryd_after_setup, worker_init, worker_process_init
 log = logging.getLogger("workers.signals")
 
 
-def _load_or_exit() -> None:
+def _app_settings(app: Any) -> Any:
+    """The settings the worker's app was built with (``workers.app.TaggerCelery``), else None: the
+    environment's. Read off the app, not imported: workers.app imports this module to connect it."""
+    return getattr(app, "tagger_settings", None)
+
+
+def _load_or_exit(app: Any) -> None:
+    """Load the tagging model with the settings of the worker's ``app``."""
     from workers.tagging import load_runtime
 
     try:
-        load_runtime()
+        load_runtime(_app_settings(app))
     except Exception:
         log.exception("model_load_failed")
         # A worker without a model would ack nothing and hold its prefetched messages.
@@ -46,7 +53,7 @@ def _load_in_embedded_worker(sender: Any = None, **_kwargs: Any) -> None:
     from celery.apps.worker import Worker
 
     if not isinstance(sender, Worker) and not _is_prefork(sender):
-        _load_or_exit()
+        _load_or_exit(getattr(sender, "app", None))
 
 
 def serves_tagging(app: Any) -> bool:
@@ -54,7 +61,8 @@ def serves_tagging(app: Any) -> bool:
     worker never tags: loading and warming the tagging model there only costs memory and start time."""
     from shared.config import get_settings
 
-    return get_settings().tagging_queue in set(app.amqp.queues.consume_from)
+    settings = _app_settings(app) or get_settings()
+    return settings.tagging_queue in set(app.amqp.queues.consume_from)
 
 
 @celeryd_after_setup.connect
@@ -65,7 +73,7 @@ def _load_in_main_process(sender: Any = None, instance: Any = None, **_kwargs: A
     if _is_prefork(instance):
         return
     if serves_tagging(instance.app):
-        _load_or_exit()
+        _load_or_exit(instance.app)
     else:
         log.info("model_not_loaded reason=no_tagging_queue queues=%s",
                  ",".join(sorted(instance.app.amqp.queues.consume_from)))
@@ -74,7 +82,9 @@ def _load_in_main_process(sender: Any = None, instance: Any = None, **_kwargs: A
 @worker_process_init.connect
 def _load_in_child(**_kwargs: Any) -> None:
     """prefork: each child loads its own copy after the fork (CUDA does not survive a fork)."""
-    _load_or_exit()
+    from celery import current_app
+
+    _load_or_exit(current_app)
 
 
 @worker_ready.connect

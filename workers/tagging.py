@@ -67,8 +67,9 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
         return _runtime
 
 
-def runtime() -> Runtime:
-    return _runtime or load_runtime()
+def runtime(settings: Settings | None = None) -> Runtime:
+    """This process's runtime, loaded with ``settings`` if it is not loaded yet."""
+    return _runtime or load_runtime(settings)
 
 
 def content_hash(ev: ProductUploaded) -> str:

@@ -1,53 +1,70 @@
-"""Task declarations only; the work lives in plain functions that tests call directly."""
+"""Task declarations only: names, queues and options come from :mod:`shared.tasks`; the work lives
+in plain functions that tests call directly. Settings come from the app each task runs in.
+
+Shared tasks (``shared_task``): every app that imports this module (its ``include``), built before
+or after, gets them — ``tagger worker``, ``celery -A workers.app``, the demo's embedded worker."""
 
 from __future__ import annotations
 
-from shared.config import get_settings
-from shared.events import TAG_TASK
+from typing import Any
+
+from celery import shared_task
+
+from shared.tasks import CHECK_NEW_LABELS, RETRAIN, SWEEP_INGESTED, TAG_PRODUCT
 from workers import tagging
-from workers.app import app
+from workers.app import settings_of
 from workers.batching import ReliableBatches
-from workers.retraining import RETRAIN_TASK
-
-_s = get_settings()
 
 
-@app.task(
-    base=ReliableBatches, name=TAG_TASK, flush_every=_s.batch_size,
-    flush_interval=_s.flush_interval_s, acks_late=True, ignore_result=True,
-)
-def tag_product(requests: list) -> dict:
+class TaggingBatches(ReliableBatches):
+    """The batch size and flush interval are the app's settings, read when the worker starts
+    consuming (not when this module is imported)."""
+
+    abstract = True
+
+    @property
+    def flush_every(self) -> int:  # type: ignore[override]
+        return settings_of(self.app).batch_size
+
+    @property
+    def flush_interval(self) -> float:  # type: ignore[override]
+        return settings_of(self.app).flush_interval_s
+
+
+@shared_task(base=TaggingBatches, bind=True, **TAG_PRODUCT.options)
+def tag_product(self: Any, requests: list) -> dict:
     """A batch of product.uploaded events -> tags in the database; acked when this returns."""
-    return tagging.process_batch(requests, tagging.runtime(), app)
+    return tagging.process_batch(requests, tagging.runtime(settings_of(self.app)), self.app)
 
 
-@app.task(name=RETRAIN_TASK, queue=_s.training_queue, acks_late=False, ignore_result=True)
-def retrain(reason: str = "schedule") -> dict:
+@shared_task(bind=True, **RETRAIN.options)
+def retrain(self: Any, reason: str = "schedule") -> dict:
     """Acked on receipt (not late): a long retrain must never be redelivered while it runs; the
     advisory lock makes a second concurrent trigger a no-op."""
     from workers.retraining import run_retrain
 
-    return run_retrain(reason=reason)
+    return run_retrain(settings_of(self.app), reason=reason)
 
 
-@app.task(name="tagger.check_new_labels", queue=_s.training_queue, acks_late=False, ignore_result=True)
-def check_new_labels() -> int:
+@shared_task(bind=True, **CHECK_NEW_LABELS.options)
+def check_new_labels(self: Any) -> int:
     """Start a retrain once enough new human labels arrived since the live model (the decision
     is :func:`workers.retraining.trigger_on_new_labels`)."""
     from workers.retraining import retrain_enqueuer, trigger_on_new_labels
 
-    return trigger_on_new_labels(_s, retrain_enqueuer(app, _s))
+    s = settings_of(self.app)
+    return trigger_on_new_labels(s, retrain_enqueuer(self.app, s))
 
 
-@app.task(name="tagger.sweep_ingested", queue=_s.training_queue, acks_late=False, ignore_result=True)
-def sweep_ingested() -> int:
+@shared_task(bind=True, **SWEEP_INGESTED.options)
+def sweep_ingested(self: Any) -> int:
     """Re-publish events the API recorded but never got onto the queue."""
-    from api.config import ApiSettings
-    from api.sweeper import sweep
     from shared.publish import BrokerUnavailable, Publisher
+    from workers.sweeper import sweep
 
+    s = settings_of(self.app)
     try:
-        with Publisher.from_settings(_s) as publisher:
-            return sweep(_s, publisher, ApiSettings().sweep_after_s)
+        with Publisher.from_settings(s) as publisher:
+            return sweep(s, publisher, s.sweep_after_s)
     except BrokerUnavailable:
         return 0  # the next beat tick tries again

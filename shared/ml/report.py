@@ -1,11 +1,10 @@
-"""Evaluating a loaded model on any dataset with the same axes, and printing results."""
+"""Evaluating a loaded model on any dataset with the same axes (the command line prints the result)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from rich.table import Table
 
 from shared.errors import ManifestError
 from shared.ml.dataset import Record, load_manifest, load_records, read_images
@@ -52,29 +51,6 @@ def evaluate_records(
         "n": len(records),
         "axes": evaluate_probs(shared_axes, probs, y),
     }
-
-
-def _fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.3f}"
-
-
-def metrics_table(title: str, by_modality: dict[str, dict[str, dict]]) -> Table:
-    """One row per axis: the headline (accuracy, micro-F1 for multi-label) of each modality
-    given, then macro-F1 and auto-tag precision/coverage of the last one (the fused model)."""
-    table = Table(title=title)
-    table.add_column("axis")
-    mods = list(by_modality)
-    for m in mods:
-        table.add_column(f"{m} acc", justify="right")
-    last = mods[-1]
-    for col in ("macro-F1", "auto prec", "auto cov", "n"):
-        table.add_column(f"{last} {col}" if len(mods) > 1 else col, justify="right")
-    for axis, mm in by_modality[last].items():
-        row = [axis] + [_fmt(headline(by_modality[m].get(axis, {}))) for m in mods]
-        row += [_fmt(mm.get("macro_f1")), _fmt(mm.get("auto_precision")),
-                _fmt(mm.get("auto_coverage")), str(mm.get("n", 0))]
-        table.add_row(*row)
-    return table
 
 
 def mean_headline(metrics: dict[str, dict]) -> float:

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from shared.config import Settings
-from shared.events import TAG_TASK
 from shared.metrics import set_queue_depth
+from shared.tasks import TAG_PRODUCT
 from tests.api.conftest import LIMITS, QUEUE, REDIS_URL, event
 
 
@@ -91,7 +91,8 @@ def test_queue_depth_sums_kombu_priority_lists(client: TestClient, tokens: dict[
     app = Celery("test-priority", broker=REDIS_URL, set_as_current=False)
     try:
         for priority in (None, 0, 5, 9):
-            app.send_task(TAG_TASK, kwargs={"event": event(priority or 0)}, queue=QUEUE, priority=priority)
+            app.send_task(TAG_PRODUCT.name, kwargs={"event": event(priority or 0)}, queue=QUEUE,
+                          priority=priority)
     finally:
         app.close()
     assert broker.llen(QUEUE) == 2  # so the other two are on priority lists: the sum must include them

@@ -1,4 +1,5 @@
-"""A producer must be able to publish without loading a model: the API never imports torch."""
+"""A producer must be able to publish without loading a model: the API, the sweeper and the command
+line's start-up never import torch."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def test_api_imports_no_torch() -> None:
     code = textwrap.dedent("""
         import sys
         from fastapi.testclient import TestClient
-        import api.app, api.auth, api.health, api.ingest, api.sweeper, shared.apikeys_commands
+        import api.app, api.auth, api.health, api.ingest, cli.main, workers.sweeper
         from shared.config import Settings
         app = api.app.create_app(Settings(database_url="sqlite://", broker_url="redis://127.0.0.1:1/0"))
         with TestClient(app) as client:

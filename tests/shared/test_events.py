@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from shared.events import TAG_TASK, ProductUploaded, format_errors
+from shared.events import ProductUploaded, format_errors
 
 GOOD = {
     "event_id": "evt-1",
@@ -125,6 +125,3 @@ def test_events_are_immutable() -> None:
     with pytest.raises(ValidationError):
         event.title = "changed"  # type: ignore[misc]
 
-
-def test_task_name_is_the_workers_contract() -> None:
-    assert TAG_TASK == "tagger.tag_product"

@@ -19,16 +19,14 @@ import pytest
 import redis
 import redis.client
 import redis.connection
-import typer
 from celery import Celery
 from celery.worker.request import Request
 from celery_batches import SimpleRequest
 from pydantic import ValidationError
-from typer.testing import CliRunner
 
-from shared.events import TAG_TASK, ProductUploaded
+from shared.events import ProductUploaded
 from shared.publish import PIPELINE_EVENTS, BrokerUnavailable, Publisher, PublisherConfigError
-from shared.publish_commands import register
+from shared.tasks import TAG_PRODUCT
 from tests.private_redis import flushed, private_redis_url
 from tests.workers.procs import RedisServer
 from workers.deliveries import Delivery, decode
@@ -73,14 +71,14 @@ def taken_by_worker(url: str, n: int) -> list[Delivery]:
     app = Celery("worker-side", broker=url, set_as_current=False)
     app.conf.update(accept_content=["json"], broker_connection_retry_on_startup=False)
 
-    @app.task(name=TAG_TASK, shared=False)
+    @app.task(name=TAG_PRODUCT.name, shared=False)
     def tag_product(**_: Any) -> None:
         """Stands in for the worker's task: only its name matters here."""
 
     requests: list[SimpleRequest] = []
 
     def on_message(message: Any) -> None:
-        assert message.headers["task"] == TAG_TASK  # protocol 2: the task name is a header
+        assert message.headers["task"] == TAG_PRODUCT.name  # protocol 2: the task name is a header
         request = Request(message, app=app, task=tag_product, hostname="test@host")
         requests.append(SimpleRequest.from_request(request))
         message.ack()
@@ -118,7 +116,7 @@ def test_one_message_per_event_whose_body_is_the_event(broker: redis.Redis) -> N
     assert len(ids) == len(set(ids)) == 3
     messages = queued(broker)
     assert len(messages) == 3
-    assert {m["headers"]["task"] for m in messages} == {TAG_TASK}
+    assert {m["headers"]["task"] for m in messages} == {TAG_PRODUCT.name}
     assert {m["headers"]["id"] for m in messages} == set(ids)
     by_id = {m["kwargs"]["event"]["event_id"]: m["kwargs"] for m in messages}
     for raw in events:
@@ -141,7 +139,7 @@ def test_a_call_is_one_pipeline_and_each_message_is_one_the_worker_accepts(
     assert all(len(h["kwargsrepr"]) < 100 and h["argsrepr"] == "()" for h in headers)  # no payload copy
     deliveries = taken_by_worker(REDIS_URL, 50)
     assert {d.req.id for d in deliveries} == set(ids)
-    assert all(d.req.name == TAG_TASK and d.attempt == 1 and d.reason is None for d in deliveries)
+    assert all(d.req.name == TAG_PRODUCT.name and d.attempt == 1 and d.reason is None for d in deliveries)
     assert sorted((d.event for d in deliveries), key=lambda e: int(e.event_id[4:])) == events
 
 
@@ -161,7 +159,7 @@ def test_the_message_is_the_one_celery_sends_but_for_the_short_reprs(broker: red
         publisher.publish([payload])
     reference = Celery("reference", broker=REDIS_URL, set_as_current=False)
     reference.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
-    reference.send_task(TAG_TASK, kwargs={"event": payload}, queue=QUEUE, serializer="json",
+    reference.send_task(TAG_PRODUCT.name, kwargs={"event": payload}, queue=QUEUE, serializer="json",
                         ignore_result=True)
     reference.close()
     ours, theirs = (json.loads(raw) for raw in broker.lrange(QUEUE, 0, -1)[::-1])  # LPUSH: newest first
@@ -288,112 +286,3 @@ def test_publishing_never_imports_torch(broker: redis.Redis) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "published without torch" in proc.stdout
     assert queued_event_ids(broker) == {"evt-7"}
-
-
-# --- tagger publish FILE --------------------------------------------------------------------------
-
-def cli() -> typer.Typer:
-    """A root app shaped like ``tagger``: a group, so the command is invoked as ``publish FILE``."""
-    app = typer.Typer()
-
-    @app.callback()
-    def root() -> None:
-        """Stand-in for the tagger root command."""
-
-    register(app)
-    return app
-
-
-def run_cli(*args: str) -> Any:
-    return CliRunner().invoke(cli(), ["publish", *args])
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def test_cli_publishes_good_lines_and_reports_the_bad_one(broker: redis.Redis, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.jsonl", [event(1), event(2, colour="red"), "", event(3)])
-    result = run_cli(str(path), "--broker", REDIS_URL)
-    assert result.exit_code == 1, result.output
-    assert "2 published, 1 rejected" in result.stdout
-    assert "line 2: colour: unknown field" in result.stdout
-    assert queued_event_ids(broker) == {"evt-1", "evt-3"}
-
-
-def test_cli_reports_every_reason_with_line_numbers(broker: redis.Redis, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.ndjson", [
-        event(1, title="x" * 501), "{not json", "[1, 2]", event(4, occurred_at="2025-06-01T10:00:00"),
-    ])
-    result = run_cli(str(path), "--broker", REDIS_URL)
-    assert result.exit_code == 1
-    assert "0 published, 4 rejected" in result.stdout
-    assert "line 1: title: String should have at most 500 characters" in result.stdout
-    assert "line 2: line: not valid JSON" in result.stdout
-    assert "line 3: line: expected a JSON object" in result.stdout
-    assert "line 4: occurred_at: Input should have timezone info" in result.stdout
-    assert broker.llen(QUEUE) == 0
-
-
-def test_cli_shows_twenty_rejections_then_a_count(broker: redis.Redis, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.jsonl", [event(n, bad=1) for n in range(25)] + [event(99)])
-    result = run_cli(str(path), "--broker", REDIS_URL)
-    assert result.exit_code == 1
-    assert "line 20: bad: unknown field" in result.stdout
-    assert "line 21:" not in result.stdout
-    assert "… 5 more" in result.stdout
-    assert queued_event_ids(broker) == {"evt-99"}
-
-
-def test_cli_reads_csv_with_empty_cells_as_absent(broker: redis.Redis, tmp_path: Path) -> None:
-    path = tmp_path / "events.csv"
-    path.write_text(
-        "event_id,product_id,seller_id,title,description,image_uri,occurred_at\n"
-        "e1,p1,s1,Blue jeans,,s3://catalogue/p1.jpg,2025-06-01T10:00:00Z\n"
-        'e2,p2,s1,"Kurta, red",Cotton,,2025-06-01T10:00:00+05:30\n'
-        "e3,p3,s1,,,,2025-06-01T10:00:00Z\n"
-    )
-    result = run_cli(str(path), "--broker", REDIS_URL)
-    assert result.exit_code == 1, result.output
-    assert "2 published, 1 rejected" in result.stdout
-    assert "line 4: title: required field is missing" in result.stdout
-    events = {m["kwargs"]["event"]["event_id"]: m["kwargs"]["event"] for m in queued(broker)}
-    assert set(events) == {"e1", "e2"}
-    assert events["e1"]["description"] is None and events["e2"]["image_uri"] is None
-    assert events["e2"]["title"] == "Kurta, red"
-
-
-def test_cli_all_good_exits_zero(broker: redis.Redis, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.jsonl", [event(n) for n in range(5)])
-    result = run_cli(str(path), "--broker", REDIS_URL, "--queue", QUEUE)
-    assert result.exit_code == 0, result.output
-    assert "5 published, 0 rejected" in result.stdout
-    assert broker.llen(QUEUE) == 5
-
-
-def test_cli_dry_run_sends_nothing(broker: redis.Redis, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.jsonl", [event(1)])
-    result = run_cli(str(path), "--dry-run", "--broker", "memory://")
-    assert result.exit_code == 0, result.output
-    assert "1 accepted (dry run, nothing sent), 0 rejected" in result.stdout
-    assert broker.llen(QUEUE) == 0
-
-
-@pytest.mark.parametrize(("name", "content", "broker_url", "message"), [
-    ("missing.jsonl", None, REDIS_URL, "no such file"),
-    ("events.xlsx", "x", REDIS_URL, "unknown extension '.xlsx'"),
-    ("events.jsonl", json.dumps(event(1)), DEAD_URL, "TAGGER_BROKER_URL"),
-    ("events.jsonl", json.dumps(event(1)), "memory://", "TAGGER_BROKER_URL"),
-])
-def test_cli_unusable_input_exits_two(
-    broker: redis.Redis, tmp_path: Path, name: str, content: str | None, broker_url: str, message: str,
-) -> None:
-    path = tmp_path / name
-    if content is not None:
-        path.write_text(content + "\n")
-    result = run_cli(str(path), "--broker", broker_url)
-    assert result.exit_code == 2, result.output
-    assert message in " ".join(result.stderr.split())
-    assert "s3cret" not in result.output
-    assert broker.llen(QUEUE) == 0

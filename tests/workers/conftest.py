@@ -19,7 +19,16 @@ from sqlalchemy.pool import NullPool
 
 from shared.db.migrate import upgrade
 from shared.publish import Publisher
+from tests.api.conftest import (  # noqa: F401  (the sweeper's tests start at the API's door)
+    api_db_url,
+    app_settings,
+    broker,
+    db_url,
+    dead_broker_client,
+    tokens,
+)
 from tests.servers import S3Front
+from tests.shared.db.conftest import make_database  # noqa: F401  (for the API's database fixture)
 from tests.workers.db import Db
 from tests.workers.procs import RedisServer, Worker, free_port
 from tests.workers.stack import BUCKET, S3, S3_ENV, Images, Stack
@@ -97,13 +106,13 @@ def make_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
 
 @pytest.fixture(scope="session")
 def worker_env(model_dir: Path, settings: Any) -> Callable[..., dict[str, str]]:
-    """Factory: the environment of a worker on ``redis`` and ``db_url``, plus ``TAGGER_`` overrides."""
+    """Factory: the environment of a worker on ``redis`` and ``database_url``, plus ``TAGGER_`` overrides."""
 
-    def env(redis: RedisServer, db_url: str, **overrides: object) -> dict[str, str]:
+    def env(redis: RedisServer, database_url: str, **overrides: object) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("TAGGER_", "AWS_"))}
         base.update(
             HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-            TAGGER_BROKER_URL=redis.url, TAGGER_DATABASE_URL=db_url, TAGGER_MODEL_DIR=str(model_dir),
+            TAGGER_BROKER_URL=redis.url, TAGGER_DATABASE_URL=database_url, TAGGER_MODEL_DIR=str(model_dir),
             TAGGER_CACHE_DIR=str(settings.cache_dir), TAGGER_DEVICE="cpu", TAGGER_BATCH_SIZE="8",
             TAGGER_FLUSH_INTERVAL_S="0.2",
         )

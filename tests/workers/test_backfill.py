@@ -57,7 +57,7 @@ def _by_version(db: Db) -> dict[str, set[str]]:
 
 
 def _cli(*args: str) -> tuple[int, str]:
-    from workers.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["backfill", *args])
     return result.exit_code, " ".join(result.output.split())  # unwrap the console's line breaks

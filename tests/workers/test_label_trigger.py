@@ -169,23 +169,26 @@ def test_check_enqueues_a_retrain_on_the_training_queue_only_at_the_threshold(
 
 
 def test_the_check_task_enqueues_through_the_workers_app(
-    label_settings: Settings, tmp_path: Path, redis: RedisServer, app: Celery,
-    monkeypatch: pytest.MonkeyPatch,
+    label_settings: Settings, tmp_path: Path, redis: RedisServer,
 ) -> None:
-    """The task itself (its body run in process) with the module's settings and app pointed at
-    the test database and Redis: the wiring between the task and the decision."""
-    import workers.tasks as tasks
+    """The task itself (its body run in process) on an app built with the test's settings: the
+    wiring between the task, the settings of the app it runs in, and the decision."""
+    import workers.tasks  # noqa: F401  (what a worker imports at start: its app's include)
+    from shared.tasks import CHECK_NEW_LABELS
+    from workers.app import app as module_app
+    from workers.app import create_app
 
     _import_sample_labels(label_settings, tmp_path)
-    monkeypatch.setattr(tasks, "app", app)
-    monkeypatch.setattr(tasks, "_s", label_settings.model_copy(update={"retrain_min_new_labels": 1000}))
-    assert tasks.check_new_labels() == SAMPLE_LABELS
-    assert _retrain_messages(redis, "training") == [
-        ("tagger.retrain", {"reason": f"{SAMPLE_LABELS} new labels"})]
-
-    monkeypatch.setattr(tasks, "_s", label_settings.model_copy(update={"retrain_min_new_labels": 2000}))
-    assert tasks.check_new_labels() == SAMPLE_LABELS
-    assert len(_retrain_messages(redis, "training")) == 1
+    for threshold in (1000, 2000):
+        app = create_app(label_settings.model_copy(update={"retrain_min_new_labels": threshold}))
+        try:
+            assert app.tasks[CHECK_NEW_LABELS.name]() == SAMPLE_LABELS
+        finally:
+            app.close()
+            module_app.set_current()
+        # 1000 labels or more are waiting: one retrain; at 2000 the check sends nothing more.
+        assert _retrain_messages(redis, "training") == [
+            ("tagger.retrain", {"reason": f"{SAMPLE_LABELS} new labels"})]
 
 
 def test_beat_schedule_runs_the_retrain_and_the_check_on_the_training_queue() -> None:

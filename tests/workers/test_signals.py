@@ -28,7 +28,7 @@ def test_is_prefork_understands_names_and_classes(pool: object, prefork: bool) -
 
 def test_an_embedded_worker_loads_in_worker_init_unless_it_forks(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(signals, "_load_or_exit", lambda: calls.append("load"))
+    monkeypatch.setattr(signals, "_load_or_exit", lambda app: calls.append("load"))
     signals._load_in_embedded_worker(sender=SimpleNamespace(pool_cls="prefork"))
     assert calls == []  # the parent must not touch CUDA before forking
     signals._load_in_embedded_worker(sender=SimpleNamespace(pool_cls="threads"))

@@ -120,8 +120,8 @@ def test_second_training_run_reuses_the_embedding_cache(sample_model: Path, sett
 def test_cli_evaluate_writes_the_documented_json(sample_model: Path, sample_manifest: Path,
                                                  settings: Settings, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.main import app
     from shared.config import get_settings
-    from workers.cli import app
 
     monkeypatch.setenv("TAGGER_CACHE_DIR", str(settings.cache_dir))
     monkeypatch.setenv("TAGGER_DEVICE", "cpu")
@@ -141,8 +141,8 @@ def test_cli_evaluate_writes_the_documented_json(sample_model: Path, sample_mani
 
 def test_cli_predict_and_errors(sample_model: Path, sample_manifest: Path, settings: Settings,
                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.main import app
     from shared.config import get_settings
-    from workers.cli import app
 
     monkeypatch.setenv("TAGGER_CACHE_DIR", str(settings.cache_dir))
     get_settings.cache_clear()

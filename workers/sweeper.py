@@ -17,7 +17,7 @@ from shared.db.session import session_scope
 from shared.events import ProductUploaded, format_errors
 from shared.publish import Publisher
 
-log = logging.getLogger("tagger.api.sweeper")
+log = logging.getLogger("workers.sweeper")
 CHUNK = 500
 
 

@@ -8,21 +8,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cli.db import register
 from shared.config import get_settings
-from shared.db.commands import register
+from tests.cli.root import root_with
 
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch, make_database: Callable[[str], str]) -> Iterator[typer.Typer]:
     monkeypatch.setenv("TAGGER_DATABASE_URL", make_database("sqlite"))
     get_settings.cache_clear()
-    root = typer.Typer()
-
-    @root.callback()
-    def _root() -> None:
-        """Stand-in for the root ``tagger`` command."""
-
-    register(root)
+    root = root_with(register)
     yield root
     get_settings.cache_clear()
 

@@ -7,96 +7,20 @@ to be queued).
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
 
+from cli.output import fail, out
 from shared.errors import TaggerError
-from shared.events import ProductUploaded, format_errors
+from shared.events import InputUnusable, ProductUploaded, Validated, read_events
 from shared.publish import BROKER_SETTING, BrokerUnavailable, Publisher
-
-console = Console(stderr=True)
-out = Console()
 
 SHOWN_REJECTS = 20
 CHUNK = 200  # events per publish call: one Redis pipeline, and the bar still moves
-JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-CSV_SUFFIXES = {".csv"}
-
-
-class InputUnusable(Exception):
-    """The file as a whole cannot be read (missing, wrong type, wrong encoding)."""
-
-
-@dataclass
-class Validated:
-    """The outcome of reading a file: events to send and, per rejected line, its reasons."""
-
-    accepted: list[ProductUploaded] = field(default_factory=list)
-    rejected: list[tuple[int, list[str]]] = field(default_factory=list)
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, f"line: not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            yield lineno, row if isinstance(row, dict) else "line: expected a JSON object"
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            return
-        start = reader.line_num + 1
-        for row in reader:
-            if None in row:
-                yield start, "line: more cells than header columns"
-            else:
-                # An empty cell means "absent", so optional fields stay None and required ones say missing.
-                yield start, {k: v for k, v in row.items() if k and v not in (None, "")}
-            start = reader.line_num + 1
-
-
-def read_events(path: Path) -> Validated:
-    """Validate every line of a JSONL or CSV file; never stops at the first bad line."""
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        rows = _jsonl_rows(path)
-    elif suffix in CSV_SUFFIXES:
-        rows = _csv_rows(path)
-    else:
-        raise InputUnusable(f"{path}: unknown extension {suffix or '(none)'!r}; use .jsonl, .ndjson or .csv")
-    result = Validated()
-    try:
-        for lineno, row in rows:
-            if isinstance(row, str):
-                result.rejected.append((lineno, [row]))
-                continue
-            try:
-                result.accepted.append(ProductUploaded.model_validate(row))
-            except ValidationError as exc:
-                result.rejected.append((lineno, format_errors(exc)))
-    except FileNotFoundError:
-        raise InputUnusable(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputUnusable(f"{path}: cannot read ({exc})") from None
-    return result
 
 
 def _send(publisher: Publisher, events: list[ProductUploaded]) -> None:
@@ -140,8 +64,7 @@ def publish(
     try:
         result = read_events(file)
     except InputUnusable as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(code=2) from None
+        raise fail(exc) from None
     if not dry_run and result.accepted:
         from shared.config import get_settings
 
@@ -151,8 +74,7 @@ def publish(
                 publisher.check()
                 _send(publisher, result.accepted)
         except TaggerError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(code=2) from None
+            raise fail(exc) from None
     _summary(result, published=not dry_run)
     if result.rejected:
         raise typer.Exit(code=1)

@@ -1,4 +1,4 @@
-"""Typer commands for the model registry: ``tagger models list | show V | promote V | rollback``."""
+"""``tagger models list | show V | promote V | rollback``: the model registry (shared.registry)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.cli import console
-from shared.cli import fail as _fail
+from cli.output import console, out
+from cli.output import fail as _fail
 from shared.errors import TaggerError
-
-out = Console()
 
 models_app = typer.Typer(
     no_args_is_help=True,
@@ -96,7 +93,8 @@ def list_() -> None:
 def show(version: Annotated[str, typer.Argument(help="Version to show.")]) -> None:
     """One version as JSON: its row, and the metrics and training fingerprint of its manifest."""
     from shared.db.session import session_scope
-    from shared.registry import MANIFEST, artifact_prefix, get_version
+    from shared.ml.manifest import MANIFEST, parse_manifest
+    from shared.registry import artifact_prefix, get_version
 
     try:
         with session_scope() as session:
@@ -104,10 +102,10 @@ def show(version: Annotated[str, typer.Argument(help="Version to show.")]) -> No
             if row is None:
                 raise _fail(ValueError(f"unknown model version {version}"))
             doc = _row_json(row)
-        manifest = json.loads(_store().get(f"{artifact_prefix(version)}/{MANIFEST}"))
-        doc["manifest"] = {"created_at": manifest.get("created_at"), "metrics": manifest.get("metrics"),
-                           "training": {k: manifest.get("training", {}).get(k)
-                                        for k in ("dataset", "fingerprint", "n")}}
+        store, key = _store(), f"{artifact_prefix(version)}/{MANIFEST}"
+        manifest = parse_manifest(store.get(key), store.uri(key))
+        doc["manifest"] = {"created_at": manifest.created_at, "metrics": manifest.metrics,
+                           "training": {k: manifest.training.get(k) for k in ("dataset", "fingerprint", "n")}}
     except (TaggerError, SQLAlchemyError, ValueError) as exc:
         raise _fail(exc) from None
     typer.echo(json.dumps(doc, indent=2))  # plain JSON: for scripts and jq, never wrapped or coloured

@@ -1,4 +1,4 @@
-"""Typer commands for the model: ``tagger train``, ``tagger predict``, ``tagger evaluate``."""
+"""``tagger train``, ``tagger predict``, ``tagger evaluate``: the model library (shared.ml) from a shell."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from shared.cli import console
-from shared.cli import fail as _fail
+from cli.output import console, out
+from cli.output import fail as _fail
 from shared.errors import TaggerError
-
-out = Console()
 
 
 class Modality(StrEnum):
@@ -29,6 +26,30 @@ class Fusion(StrEnum):
     gated = "gated"
     concat = "concat"
 
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def metrics_table(title: str, by_modality: dict[str, dict[str, dict]]) -> Table:
+    """One row per axis: the headline (accuracy, micro-F1 for multi-label) of each modality
+    given, then macro-F1 and auto-tag precision/coverage of the last one (the fused model)."""
+    from shared.ml.evaluation import headline
+
+    table = Table(title=title)
+    table.add_column("axis")
+    mods = list(by_modality)
+    for m in mods:
+        table.add_column(f"{m} acc", justify="right")
+    last = mods[-1]
+    for col in ("macro-F1", "auto prec", "auto cov", "n"):
+        table.add_column(f"{last} {col}" if len(mods) > 1 else col, justify="right")
+    for axis, mm in by_modality[last].items():
+        row = [axis] + [_fmt(headline(by_modality[m].get(axis, {}))) for m in mods]
+        row += [_fmt(mm.get("macro_f1")), _fmt(mm.get("auto_precision")),
+                _fmt(mm.get("auto_coverage")), str(mm.get("n", 0))]
+        table.add_row(*row)
+    return table
 
 
 def train(
@@ -45,7 +66,6 @@ def train(
 ) -> None:
     """Train, calibrate and evaluate a model on a dataset manifest; write its artifact."""
     from shared.ml.head_training import HeadTrainConfig
-    from shared.ml.report import metrics_table
     from shared.ml.training import TrainConfig
     from shared.ml.training import train as run_train
 
@@ -119,7 +139,7 @@ def evaluate(
     from shared.config import get_settings
     from shared.ml.cache import EmbeddingCache
     from shared.ml.predictor import Tagger
-    from shared.ml.report import evaluate_dataset, metrics_table
+    from shared.ml.report import evaluate_dataset
 
     try:
         cache = EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite")
@@ -137,5 +157,6 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``train``, ``predict`` and ``evaluate`` to the root ``tagger`` command."""
     for fn in (train, predict, evaluate):
         app.command()(fn)

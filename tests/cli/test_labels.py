@@ -10,11 +10,12 @@ import sqlalchemy as sa
 import typer
 from typer.testing import CliRunner
 
+from cli.labels import register
 from shared.config import get_settings
 from shared.db.migrate import upgrade
 from shared.db.models import ProductTag
 from shared.db.session import session_scope
-from shared.labels_commands import register
+from tests.cli.root import root_with
 from tests.shared.labels.conftest import WriteManifest
 
 
@@ -30,13 +31,7 @@ def database(monkeypatch: pytest.MonkeyPatch, make_database: Callable[[str], str
 
 @pytest.fixture
 def app() -> typer.Typer:
-    root = typer.Typer()
-
-    @root.callback()
-    def _root() -> None:
-        """Stand-in for the root ``tagger`` command."""
-
-    register(root)
+    root = root_with(register)
     return root
 
 

@@ -8,23 +8,18 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cli.keys import register
 from shared.apikeys import verify
-from shared.apikeys_commands import register
 from shared.config import get_settings
 from shared.db.session import session_scope
+from tests.cli.root import root_with
 
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterator[typer.Typer]:
     monkeypatch.setenv("TAGGER_DATABASE_URL", db_url)
     get_settings.cache_clear()
-    root = typer.Typer()
-
-    @root.callback()
-    def _root() -> None:
-        """Stand-in for the root ``tagger`` command."""
-
-    register(root)
+    root = root_with(register)
     yield root
     get_settings.cache_clear()
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
+from cli.output import console, out
+from cli.output import fail as _fail
 from shared.apikeys import ROLES
-from shared.cli import console
-from shared.cli import fail as _fail
 from shared.errors import TaggerError
-
-out = Console()
 
 keys_app = typer.Typer(
     no_args_is_help=True,

@@ -19,7 +19,7 @@ def test_demo_tags_the_sample_end_to_end(tmp_path: Path, model_dir: Path, settin
     env.update(TAGGER_MODEL_DIR=str(model_dir), TAGGER_CACHE_DIR=str(settings.cache_dir), TAGGER_DEVICE="cpu",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", COLUMNS="200")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--n", "20"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--n", "20"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

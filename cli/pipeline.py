@@ -1,4 +1,5 @@
-"""Operator commands for the pipeline: ``tagger worker``, ``tagger flower``, ``tagger demo``."""
+"""Operator commands for the pipeline: ``tagger worker``, ``tagger flower``, ``tagger backfill``,
+``tagger retrain``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import secrets
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from cli.output import console
+from cli.output import fail as _fail
 
 
 def worker(
@@ -27,21 +28,20 @@ def worker(
     """Run a worker: tagging (one process per GPU, model loaded once at start) or training."""
     from shared.config import get_settings
     from shared.ml.device import worker_layout
-    from workers.app import app
+    from workers.app import create_app
 
     s = get_settings()
     q = queue or s.tagging_queue
     if q == s.tagging_queue:
         concurrency, threads = worker_layout(s.device, concurrency, s.torch_threads)
         if threads and not s.torch_threads:
-            os.environ["TAGGER_TORCH_THREADS"] = str(threads)  # read when the model loads
-            get_settings.cache_clear()
+            s = s.model_copy(update={"torch_threads": threads})  # the model loads with these settings
         console.print(f"tagging worker: {concurrency} batch(es) at once, torch threads "
                       f"{threads or 'default'}, device {s.device}")
     else:  # training: a retrain holds one thread for its hour; the other runs the sweeps and checks
         concurrency = concurrency or 2
-    app.worker_main(["worker", "-Q", q, "-P", pool, "-c", str(concurrency), f"--loglevel={loglevel}",
-                     "-E", "--without-gossip", "--without-mingle"])
+    create_app(s).worker_main(["worker", "-Q", q, "-P", pool, "-c", str(concurrency),
+                               f"--loglevel={loglevel}", "-E", "--without-gossip", "--without-mingle"])
 
 
 def flower(
@@ -59,19 +59,9 @@ def flower(
                       f"'{s.flower_user}':[/] {password}")
     # Through the environment, not argv: argv is visible to every user in `ps`.
     os.environ["FLOWER_BASIC_AUTH"] = f"{s.flower_user}:{password}"
-    from workers.app import app
+    from workers.app import create_app
 
-    app.start(["flower", f"--port={port}", f"--address={address}"])
-
-
-def demo(
-    n: Annotated[int, typer.Option(help="How many sample products to publish (max 200).")] = 200,
-    show: Annotated[int, typer.Option(help="Rows of the result table.")] = 12,
-) -> None:
-    """Tag the sample products through the real pipeline and print the tags and events/s."""
-    from workers.demo import run_demo
-
-    run_demo(n=min(n, 200), show=show)
+    create_app(s).start(["flower", f"--port={port}", f"--address={address}"])
 
 
 def backfill(
@@ -83,31 +73,27 @@ def backfill(
     from rich.progress import Progress
 
     from shared.config import get_settings
-    from shared.db.models import ModelVersion
     from shared.db.session import session_scope
     from shared.errors import TaggerError
     from shared.publish import Publisher
+    from shared.registry import live_version
     from workers.backfill import run_backfill
 
     if not (math.isfinite(rate) and rate > 0):  # click parses "inf" and "nan" as floats too
-        console.print(f"[red]error:[/] --rate must be a positive number of events per second, not {rate}")
-        raise typer.Exit(2)
+        raise _fail(f"--rate must be a positive number of events per second, not {rate}")
     s = get_settings()
     try:
         with session_scope(s.database_url) as session:
-            import sqlalchemy as sa
-
-            live = session.scalar(sa.select(ModelVersion.version).where(ModelVersion.status == "live"))
+            row = live_version(session)
+            live = row.version if row else None
         if live is None:
-            console.print("[red]error:[/] no live model version in the registry (tagger models list)")
-            raise typer.Exit(2)
+            raise _fail("no live model version in the registry (tagger models list)")
         with Publisher.from_settings(s) as pub, Progress(console=console) as progress:
             bar = progress.add_task(f"re-tagging with {live}", total=None)
             sent = run_backfill(s, pub.publish, live, older_than, rate,
                                 progress=lambda n: progress.advance(bar, n))
     except (TaggerError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise _fail(exc) from None
     console.print(f"{sent} re-tag events published for model {live}")
 
 
@@ -124,13 +110,13 @@ def retrain(
     try:
         result = run_retrain(get_settings(), reason=reason)
     except TaggerError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise _fail(exc) from None
     print(json.dumps(result, indent=2))
     if result["status"] == "skipped":
         raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (worker, flower, demo, backfill, retrain):
+    """Add the pipeline's commands to the root ``tagger`` command."""
+    for fn in (worker, flower, backfill, retrain):
         app.command()(fn)

@@ -10,19 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
+from cli.output import fail, out
 from shared.errors import TaggerError
 
 if TYPE_CHECKING:
     from shared.labels.imports import ImportSummary
-
-console = Console(stderr=True)
-out = Console()
 
 SHOWN_REFUSALS = 20
 DEFAULT_IMAGE_DIR = Path("var/objects/label-images")
@@ -89,11 +86,9 @@ def import_(
             summary = import_labels(session, manifest, image_dir=image_dir,
                                     max_image_bytes=settings.max_image_bytes, progress=progress)
     except (TaggerError, OSError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        raise fail(exc) from None
     except SQLAlchemyError as exc:
-        console.print(f"[bold red]error:[/] {escape(_database_message(exc))}", soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        raise fail(_database_message(exc)) from None
     out.print(_summary_table(summary))
     if summary.refused:
         out.print(_refusals_table(summary))

@@ -9,12 +9,12 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiSettings
-from api.sweeper import sweep
 from shared.config import Settings
 from shared.db.session import get_engine
 from shared.publish import BrokerUnavailable, Publisher
 from tests.api.conftest import QUEUE, event, queued_event_ids
 from tests.api.test_ingest import rows
+from workers.sweeper import sweep
 
 
 def test_broker_down_then_swept(dead_broker_client: TestClient, tokens: dict[str, str], db_url: str,

@@ -1,4 +1,4 @@
-"""Typer commands for the database: ``tagger db upgrade`` and ``tagger db current``."""
+"""``tagger db upgrade`` and ``tagger db current``: the schema migrations (shared.db.migrate)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ from typing import Annotated
 
 import typer
 from alembic.util import CommandError
-from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.cli import fail as _fail
+from cli.output import fail as _fail
+from cli.output import out
 from shared.errors import TaggerError
-
-out = Console()
 
 db_app = typer.Typer(
     no_args_is_help=True,

@@ -11,12 +11,13 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from shared import registry_commands
+from cli import models as registry_commands
 from shared.config import DEFAULT_MODEL_DIR, get_settings
 from shared.db.migrate import upgrade
 from shared.db.session import session_scope
 from shared.registry import ensure_default_registered, list_versions, register
 from shared.storage import LocalStore
+from tests.cli.root import root_with
 from tests.shared.registry.conftest import overwrite
 
 SHIPPED = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())
@@ -52,13 +53,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, make_database: Callable[[str], str], tm
     with session_scope(url) as session:
         ensure_default_registered(session, store)
         register(session, store, make_model("v2"), parent=DEFAULT, reason="trained on 40 new labels")
-    root = typer.Typer()
-
-    @root.callback()
-    def _root() -> None:
-        """Stand-in for the root ``tagger`` command."""
-
-    registry_commands.register(root)
+    root = root_with(registry_commands.register)
     yield Cli(root, url, store)
     get_settings.cache_clear()
 
