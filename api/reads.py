@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.errors import AUTH_ERRORS, InvalidParameter, NotFound, ServerFault, responses
@@ -42,6 +42,11 @@ class Tag(BaseModel):
     status: str
     source: str
     model_version: str | None
+    reason: str | None = Field(
+        None, description="Why the model left this tag for review although its score might have applied "
+        "it: 'out_of_domain' (the product is unlike the model's training data) or 'contradiction' (it "
+        "contradicted another applied tag of the product); null when the score alone decided. Kept "
+        "after a person decides.")
     updated_at: datetime
 
 
@@ -50,6 +55,10 @@ class ProductTags(BaseModel):
 
     product_id: str
     model_version: str | None
+    novelty: float | None = Field(
+        None, description="How unlike the model's training data the product looked at its last tagging "
+        "(>= 1: out of domain, none of its tags was applied); null before the model measured it.")
+    novelty_reason: str | None = Field(None, description="What made it novel, in words.")
     tags: list[Tag]
 
 
@@ -101,8 +110,10 @@ def product_tags(request: Request, product_id: str) -> ProductTags:
         )
         return ProductTags(
             product_id=product.product_id, model_version=product.model_version,
+            novelty=product.novelty, novelty_reason=product.novelty_reason,
             tags=[Tag(axis=t.axis, value=t.value, score=t.score, status=t.status, source=t.source,
-                      model_version=t.model_version, updated_at=t.updated_at) for t in rows],
+                      model_version=t.model_version, reason=t.reason, updated_at=t.updated_at)
+                  for t in rows],
         )
 
 

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     target_precision: float = Field(
         0.98, gt=0.0, le=1.0, description="Precision a tag needs on validation to be auto-applied."
     )
+    accuracy_window: int = Field(
+        2000, ge=1, description="Items per axis behind a worker's label-free accuracy estimate "
+        "(tagger_estimated_accuracy).",
+    )
+    accuracy_alert_margin: float = Field(
+        0.03, ge=0.0, le=1.0, description="The TaggerAccuracyDrop alert fires when the estimate falls this "
+        "far under the accuracy the model measured at training time.",
+    )
     max_image_bytes: int = Field(10_000_000, ge=1, description="Largest image accepted, in bytes.")
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image (width x height): bomb guard."

@@ -28,6 +28,16 @@ batch_size = Histogram("tagger_batch_size", "Deliveries per tagging batch.",
 stage_seconds = Histogram("tagger_stage_seconds", "Seconds spent per tagging stage.", ["stage"])
 failures_total = Counter("tagger_failures_total", "Tagging failures by reason.", ["reason"])
 live_model = Gauge("tagger_live_model", "1 for the model version this process serves.", ["version"])
+estimated_accuracy = Gauge(
+    "tagger_estimated_accuracy", "Accuracy of the served model estimated without labels from its calibrated "
+    "top-1 scores (CBPE) over the worker's last TAGGER_ACCURACY_WINDOW items, per single-label axis.",
+    ["axis"])
+reference_accuracy = Gauge(
+    "tagger_reference_accuracy", "Accuracy the served model measured on its held-out part at training time, "
+    "per axis: what tagger_estimated_accuracy is compared with.", ["axis"])
+accuracy_alert_margin = Gauge(
+    "tagger_accuracy_alert_margin", "TAGGER_ACCURACY_ALERT_MARGIN: how far the estimate may fall under the "
+    "reference before the TaggerAccuracyDrop alert fires (docker/prometheus/alerts.yml).")
 
 
 def count_ingest(accepted: int, rejected: int) -> None:
@@ -63,6 +73,24 @@ def set_live_model(version: str) -> None:
     try:
         live_model.clear()
         live_model.labels(version=version).set(1)
+    except Exception:  # pragma: no cover
+        log.debug("metrics_failed", exc_info=True)
+
+
+def set_accuracy(estimates: dict[str, float], reference: dict[str, float] | None = None,
+                 margin: float | None = None) -> None:
+    """Publish the live estimates (and, on a model load or swap, the reference and the alert margin);
+    axes without an estimate have no series, never a stale one."""
+    try:
+        if reference is not None:
+            reference_accuracy.clear()
+            for axis, value in reference.items():
+                reference_accuracy.labels(axis=axis).set(value)
+            estimated_accuracy.clear()
+        if margin is not None:
+            accuracy_alert_margin.set(margin)
+        for axis, value in estimates.items():
+            estimated_accuracy.labels(axis=axis).set(value)
     except Exception:  # pragma: no cover
         log.debug("metrics_failed", exc_info=True)
 

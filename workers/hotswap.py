@@ -14,10 +14,19 @@ import threading
 import time
 from typing import Any
 
-from shared.metrics import set_live_model
+from shared.metrics import set_accuracy, set_live_model
+from shared.ml.live_accuracy import reference_accuracy
 
 log = logging.getLogger("workers.hotswap")
 RETRY_FAILED_AFTER_S = 300.0
+
+
+def announce(rt: Any) -> None:
+    """The runtime's model now serves: say so on /metrics with what it measured at training time,
+    and restart the live accuracy estimate (the old model's scores say nothing about the new one)."""
+    set_live_model(rt.tagger.version)
+    rt.accuracy.reset()
+    set_accuracy({}, reference_accuracy(rt.tagger.manifest), rt.settings.accuracy_alert_margin)
 
 
 def warmup_jpeg() -> bytes:
@@ -129,7 +138,7 @@ class ModelWatcher:
             warm_up(tagger, s.batch_size)
             with self._lock:
                 old, self.rt.tagger = self.rt.tagger.version, tagger
-            set_live_model(version)
+            announce(self.rt)
             log.info("model_swapped from=%s to=%s ms=%d", old, version, (time.perf_counter() - t0) * 1000)
         except Exception as exc:
             self._failed[version] = time.monotonic()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import Settings, get_settings
@@ -20,11 +20,12 @@ from shared.db.session import session_scope
 from shared.db.tags import TaggingResult, apply_batch, product_content_hash
 from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
-from shared.metrics import count_failure, observe_batch, set_live_model
+from shared.metrics import count_failure, observe_batch, set_accuracy
+from shared.ml.live_accuracy import RollingAccuracy
 from shared.stopwatch import Stopwatch
 from workers.batching import UNACKED
 from workers.deliveries import Delivery, dead_letter, decode, requeue_or_dead_letter
-from workers.hotswap import ModelWatcher, warm_up
+from workers.hotswap import ModelWatcher, announce, warm_up
 
 log = logging.getLogger("workers.tagging")
 
@@ -37,6 +38,7 @@ class Runtime:
     tagger: Any  # shared.ml.predictor.Tagger (imported lazily: torch is heavy)
     fetcher: ImageFetcher
     watcher: Any = None  # workers.hotswap.ModelWatcher: follows the registry's live version
+    accuracy: RollingAccuracy = field(default_factory=RollingAccuracy)  # the label-free live estimate
 
 
 _runtime: Runtime | None = None
@@ -56,12 +58,13 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             threads = set_cpu_threads(s.torch_threads)
             tagger = Tagger.load(settings=s)
             warm_up(tagger, s.batch_size)
-            rt = Runtime(settings=s, tagger=tagger, fetcher=ImageFetcher(s))
+            rt = Runtime(settings=s, tagger=tagger, fetcher=ImageFetcher(s),
+                         accuracy=RollingAccuracy(s.accuracy_window))
             rt.watcher = ModelWatcher(rt)
             rt.watcher.sync_now()  # the registry's live model, if one is registered
             tagger = rt.tagger
             _runtime = rt
-            set_live_model(tagger.version)
+            announce(rt)
             log.info("model_loaded version=%s device=%s torch_threads=%d ms=%d", tagger.version,
                      tagger.device, threads, (time.perf_counter() - t0) * 1000)
         return _runtime
@@ -117,6 +120,13 @@ def _result(d: Delivery, pred: Any, image_error: str | None, version: str) -> Ta
         return TaggingResult(**common, status="failed", error=str(exc)[:2000])
 
 
+def _observe_accuracy(rt: Runtime, preds: list[Any]) -> None:
+    """Feed the label-free accuracy estimate with the batch's top-1 scores (single-label axes)."""
+    single = [a.name for a in rt.tagger.axes if a.kind == "single"]
+    rt.accuracy.add({axis: [p.tags[axis][0].score for p in preds if p.tags.get(axis)] for axis in single})
+    set_accuracy(rt.accuracy.estimates())
+
+
 def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     """Tag one batch; returns a small report (also logged as one line). Never raises: a failed
     batch is re-enqueued or dead-lettered event by event, and what could not be handed on is
@@ -144,6 +154,8 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
         count_failure("batch", len(requests))
         return {"n": len(requests), "failed": len(requests), "error": str(exc)[:500], UNACKED: unhanded}
     done = time.perf_counter()
+    if tagger is rt.tagger:  # after a swap mid-batch these scores are the old model's: not counted
+        _observe_accuracy(rt, [p for p, _ in outcomes])
     image_errors = sum(1 for r in results if r.image_error)
     observe_batch(len(requests), {**watch.seconds, "infer": t_infer - t0})
     count_failure("image", image_errors)

@@ -14,6 +14,9 @@ TAG_STATUSES = ("auto", "review", "confirmed", "rejected")
 MODEL_TAG_STATUSES = ("auto", "review")
 HUMAN_TAG_STATUSES = ("confirmed", "rejected")
 TAG_SOURCES = ("model", "human")
+# Why a model tag is 'review' although its score might have applied it: the product looked unlike
+# anything the model was trained on, or the tag contradicted another applied tag of the product.
+REVIEW_REASONS = ("out_of_domain", "contradiction")
 EVENT_STATUSES = ("received", "tagged", "failed", "dead")
 MODEL_VERSION_STATUSES = ("candidate", "live", "retired", "rejected")
 API_KEY_ROLES = ("producer", "reader", "reviewer", "admin")
@@ -38,6 +41,9 @@ class Product(Base):
     content_hash: Mapped[str]
     last_event_at: Mapped[datetime]
     model_version: Mapped[str | None]
+    # The model's out-of-domain score at the last tagging (>= 1: nothing was auto-applied), and why.
+    novelty: Mapped[float | None] = mapped_column(sa.Float())
+    novelty_reason: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -72,6 +78,8 @@ class ProductTag(Base):
     status: Mapped[str]
     source: Mapped[str]
     model_version: Mapped[str | None]
+    # Why a model tag is 'review' beyond its score (one of REVIEW_REASONS); NULL: the score decided.
+    reason: Mapped[str | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     product: Mapped[Product] = relationship(back_populates="tags")

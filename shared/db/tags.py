@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.events import upsert_events
-from shared.db.models import HUMAN_TAG_STATUSES, MODEL_TAG_STATUSES, Product, ProductTag
+from shared.db.models import HUMAN_TAG_STATUSES, MODEL_TAG_STATUSES, REVIEW_REASONS, Product, ProductTag
 from shared.db.sql import chunks, dialect_insert
 
 _products = cast(sa.Table, Product.__table__)
@@ -28,12 +28,14 @@ _tags = cast(sa.Table, ProductTag.__table__)
 
 
 class ModelTag(NamedTuple):
-    """One tag the model proposes: ``status`` is ``auto`` (applied) or ``review`` (below threshold)."""
+    """One tag the model proposes: ``status`` is ``auto`` (applied) or ``review``; ``reason`` says why
+    a ``review`` tag was held back beyond its score (one of REVIEW_REASONS), None when the score did."""
 
     axis: str
     value: str
     score: float
     status: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class TaggingResult:
     error: str | None = None
     image_error: str | None = None  # the image failed but the text still gave tags
     attempts: int = 1
+    novelty: float | None = None  # the model's out-of-domain score (>= 1: nothing auto-applied)
+    novelty_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in ("tagged", "failed"):
@@ -69,6 +73,11 @@ class TaggingResult:
                 raise ValueError(f"event {self.event_id}: tag status {tag.status!r} is not auto or review")
             if not math.isfinite(tag.score):
                 raise ValueError(f"event {self.event_id}: tag {tag.axis}={tag.value} has score {tag.score}")
+            if tag.reason is not None and tag.reason not in REVIEW_REASONS:
+                raise ValueError(f"event {self.event_id}: tag reason {tag.reason!r} is not one of "
+                                 f"{', '.join(REVIEW_REASONS)}")
+        if self.novelty is not None and not math.isfinite(self.novelty):
+            raise ValueError(f"event {self.event_id}: novelty is {self.novelty}")
         object.__setattr__(self, "tags", tags)
 
 
@@ -119,7 +128,7 @@ def _upsert_products(session: Session, results: Sequence[TaggingResult], now: da
     stmt = dialect_insert(session, _products)
     excluded = stmt.excluded
     updated = ("seller_id", "title", "description", "image_uri", "locale", "content_hash",
-               "last_event_at", "model_version", "updated_at")
+               "last_event_at", "model_version", "novelty", "novelty_reason", "updated_at")
     stmt = stmt.on_conflict_do_update(
         index_elements=[_products.c.product_id],
         set_={name: excluded[name] for name in updated},
@@ -130,7 +139,8 @@ def _upsert_products(session: Session, results: Sequence[TaggingResult], now: da
         {"product_id": r.product_id, "seller_id": r.seller_id, "title": r.title,
          "description": r.description, "image_uri": r.image_uri, "locale": r.locale,
          "content_hash": r.content_hash, "last_event_at": r.occurred_at,
-         "model_version": r.model_version, "created_at": now, "updated_at": now}
+         "model_version": r.model_version, "novelty": r.novelty, "novelty_reason": r.novelty_reason,
+         "created_at": now, "updated_at": now}
         for r in sorted(results, key=lambda r: r.product_id)
     ]
     return set(session.execute(stmt, rows).scalars())
@@ -151,7 +161,7 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
                 continue  # the model named the same tag twice: keep the higher score
             rows[key] = {"product_id": result.product_id, "axis": tag.axis, "value": tag.value,
                          "score": float(tag.score), "status": tag.status, "source": "model",
-                         "model_version": result.model_version, "updated_at": now}
+                         "model_version": result.model_version, "reason": tag.reason, "updated_at": now}
     if not rows:
         return
     # After the delete only human rows can conflict, and a human decision always wins.

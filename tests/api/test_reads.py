@@ -72,8 +72,9 @@ def test_product_tags_shape_and_order(client: TestClient, tokens: dict[str, str]
         ("type", "Boots", 0.30, "review", "model"),
     ]
     tag = body["tags"][0]
-    assert set(tag) == {"axis", "value", "score", "status", "source", "model_version", "updated_at"}
-    assert tag["model_version"] == "v1"
+    assert set(tag) == {"axis", "value", "score", "status", "source", "model_version", "reason", "updated_at"}
+    assert tag["model_version"] == "v1" and tag["reason"] is None
+    assert (body["novelty"], body["novelty_reason"]) == (None, None)  # this catalogue was written without
     datetime.fromisoformat(tag["updated_at"])
 
 

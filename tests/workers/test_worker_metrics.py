@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,3 +33,22 @@ def test_worker_reports_batch_size_each_stage_and_live_model(main_stack: Stack, 
         assert samples[("tagger_stage_seconds_sum", (("stage", stage),))] > 0, stage
     live = [labels for (name, labels), v in samples.items() if name == "tagger_live_model" and v == 1]
     assert len(live) == 1 and live[0][0][0] == "version"
+
+
+def test_worker_estimates_accuracy_without_labels(main_stack: Stack, images: Images) -> None:
+    """After enough items, each single-label axis has a label-free estimate beside the accuracy the
+    model measured at training time, and the alert margin is exported for the alert rule."""
+    port = int(main_stack.worker.env["TAGGER_METRICS_PORT"])
+    before = processed(main_stack)
+    records = (images.records * 2)[:60]
+    main_stack.publish(*(event(title=r.text, image_uri=images.file_uri(r.id)) for r in records))
+    wait_processed(main_stack, before + len(records))
+
+    samples = scrape(port)
+    manifest = json.loads((Path(main_stack.worker.env["TAGGER_MODEL_DIR"]) / "manifest.json").read_text())
+    single = [axis for axis, spec in manifest["axes"].items() if spec["kind"] == "single"]
+    for axis in single:
+        reference = samples[("tagger_reference_accuracy", (("axis", axis),))]
+        assert reference == manifest["metrics"]["modalities"]["both"][axis]["accuracy"]
+        assert 0.0 < samples[("tagger_estimated_accuracy", (("axis", axis),))] <= 1.0, axis
+    assert samples[("tagger_accuracy_alert_margin", ())] == 0.03

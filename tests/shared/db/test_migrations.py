@@ -26,9 +26,14 @@ def test_upgrade_check_downgrade_upgrade(dialect: str, make_database: Callable[[
     assert migrate.current(url) == ()
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0002",) == (migrate.head(),)
+    assert migrate.current(url) == ("0003",) == (migrate.head(),)
     assert _tables(url) == TABLES | {"alembic_version"}
     migrate.check(url)  # raises when the models and the migrations disagree
+
+    migrate.downgrade(url, "-1")
+    assert migrate.current(url) == ("0002",)
+    columns = {c["name"] for c in sa.inspect(get_engine(url)).get_columns("product_tags")}
+    assert "reason" not in columns and "score" in columns
 
     migrate.downgrade(url, "-1")
     assert migrate.current(url) == ("0001",)
@@ -39,7 +44,7 @@ def test_upgrade_check_downgrade_upgrade(dialect: str, make_database: Callable[[
     assert _tables(url) == {"alembic_version"}
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0002",)
+    assert migrate.current(url) == ("0003",)
     migrate.check(url)
 
 

@@ -234,3 +234,25 @@ def test_only_one_live_model(session: Session) -> None:
     rows = session.execute(sa.select(ModelVersion.version, ModelVersion.status, ModelVersion.metrics)
                            .order_by(ModelVersion.version))
     assert [tuple(row) for row in rows] == [("v1", "retired", metrics), ("v2", "live", {})]
+
+
+def test_review_reasons_and_novelty_are_stored_and_replaced(session: Session) -> None:
+    """Why a tag was held back and how novel the product looked travel with the write, and a re-tag
+    replaces them like the tags themselves."""
+    held = (("colour", "navy", 0.97, "review", "contradiction"), ("type", "shoes", 0.99, "review",
+                                                                  "out_of_domain"))
+    apply_batch(session, [result(tags=held, novelty=1.7, novelty_reason="title: 80% unknown tokens")])
+    rows = dict(session.execute(sa.select(ProductTag.value, ProductTag.reason)).tuples().all())
+    assert rows == {"navy": "contradiction", "shoes": "out_of_domain"}
+    assert (product(session).novelty, product(session).novelty_reason) == (1.7, "title: 80% unknown tokens")
+
+    apply_batch(session, [result("e2", occurred_at=T1, novelty=0.2)])  # an ordinary re-upload
+    assert set(session.execute(sa.select(ProductTag.reason)).scalars()) == {None}
+    assert (product(session).novelty, product(session).novelty_reason) == (0.2, None)
+
+
+def test_unknown_review_reason_and_non_finite_novelty_are_refused() -> None:
+    with pytest.raises(ValueError, match="tag reason 'bored' is not one of out_of_domain, contradiction"):
+        result(tags=(("colour", "navy", 0.9, "review", "bored"),))
+    with pytest.raises(ValueError, match="novelty is nan"):
+        result(novelty=float("nan"))
