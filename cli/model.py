@@ -52,6 +52,35 @@ def metrics_table(title: str, by_modality: dict[str, dict[str, dict]]) -> Table:
     return table
 
 
+NEVER_SHOWN = 8  # values named per axis in train's never-auto list; the rest are counted
+
+
+def _auto_lines(manifest: dict) -> list[str]:
+    """Per axis, how many values may be auto-applied and which never will, with the evidence
+    that fell short (most predicted first): what a user must know before trusting ``auto``."""
+    from rich.markup import escape
+
+    cal = manifest["training"].get("calibration", {})
+    conf = cal.get("confidence", 0.95)
+    source = (f"out-of-fold scores of {cal['n']} items, {cal['k']} folds"
+              if cal.get("method") == "cross-fit" else f"{cal.get('n', '?')} calibration items")
+    lines = [f"[bold]auto-apply[/]: a value is auto only where the {conf:.0%} lower bound of its "
+             f"precision reaches {manifest['target_precision']:.2f} ({source})"]
+    for name, a in manifest["axes"].items():
+        ev = a.get("evidence", {})
+        never = sorted((v for v in a["values"] if not ev.get(v, {}).get("auto")),
+                       key=lambda v: -ev.get(v, {}).get("proposed", 0))
+        head = f"  {escape(name)}: {len(a['values']) - len(never)} of {len(a['values'])} auto"
+        if not never:
+            lines.append(head)
+            continue
+        shown = [f"{escape(v)} ({ev.get(v, {}).get('proposed', 0)} predicted, best bound "
+                 f"{ev.get(v, {}).get('lower_bound', 0.0):.3f})" for v in never[:NEVER_SHOWN]]
+        more = f" … and {len(never) - NEVER_SHOWN} more" if len(never) > NEVER_SHOWN else ""
+        lines.append(f"{head}; [yellow]never auto[/]: {', '.join(shown)}{more}")
+    return lines
+
+
 def train(
     dataset: Annotated[Path, typer.Option(help="Dataset manifest (YAML).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the model to.")],
@@ -61,8 +90,14 @@ def train(
     fusion: Fusion = Fusion.gated,
     head_epochs: int = 40,
     target_precision: Annotated[float | None, typer.Option(
-        help="Precision an auto tag must reach on calibration data (default: settings, 0.98).")
+        help="Precision whose lower confidence bound an auto tag must reach on calibration "
+        "scores (default: settings, 0.98).")
     ] = None,
+    calibration_folds: Annotated[int, typer.Option(
+        help="Grouped folds of out-of-fold calibration scores; 0 or 1: the calibration part only.")
+    ] = 5,
+    confidence: Annotated[float, typer.Option(
+        help="Confidence of that lower bound (one-sided Clopper-Pearson).")] = 0.95,
 ) -> None:
     """Train, calibrate and evaluate a model on a dataset manifest; write its artifact."""
     from shared.ml.head_training import HeadTrainConfig
@@ -70,7 +105,8 @@ def train(
     from shared.ml.training import train as run_train
 
     cfg = TrainConfig(seed=seed, finetune_text=not no_finetune_text, text_epochs=text_epochs,
-                      target_precision=target_precision,
+                      target_precision=target_precision, calibration_folds=calibration_folds,
+                      confidence=confidence,
                       head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed))
     try:
         manifest = run_train(dataset, out_dir, cfg=cfg)
@@ -80,6 +116,8 @@ def train(
     out.print(metrics_table(
         f"{manifest['version']} — grouped validation split (n={tr['n']['validation']})",
         manifest["metrics"]["modalities"]))
+    for line in _auto_lines(manifest):
+        out.print(line, soft_wrap=True)
     out.print(f"model written to [bold]{out_dir}[/] in {tr['timings_s']['total_s']:.0f}s "
               f"(train {tr['n']['train']}, calibration {tr['n']['calibration']}, "
               f"validation {tr['n']['validation']}; missing images {tr['missing_images']})")

@@ -20,18 +20,24 @@ class Axis:
     temperature: float = 1.0
     thresholds: dict[str, float] = field(default_factory=dict)
     default_threshold: float = 1.01  # never auto until calibration says otherwise
+    # Per value, what calibration saw at its threshold (shared.ml.calibration.value_threshold):
+    # proposed, n, hits, lower_bound, threshold, auto, confidence. Empty in older manifests.
+    evidence: dict[str, dict] = field(default_factory=dict)
 
     def threshold(self, value: str) -> float:
         return self.thresholds.get(value, self.default_threshold)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "kind": self.kind,
             "values": self.values,
             "temperature": self.temperature,
             "thresholds": self.thresholds,
             "default_threshold": self.default_threshold,
         }
+        if self.evidence:  # absent rather than empty: older manifests round-trip unchanged
+            out["evidence"] = self.evidence
+        return out
 
     @classmethod
     def from_json(cls, name: str, d: dict) -> Axis:
@@ -42,6 +48,7 @@ class Axis:
             temperature=float(d.get("temperature", 1.0)),
             thresholds={k: float(v) for k, v in d.get("thresholds", {}).items()},
             default_threshold=float(d.get("default_threshold", 1.01)),
+            evidence={k: dict(v) for k, v in d.get("evidence", {}).items()},
         )
 
 

@@ -38,6 +38,8 @@ class AxisSpec(_Spec):
     temperature: float = 1.0
     thresholds: dict[str, float] = Field(default_factory=dict)
     default_threshold: float = 1.01  # never auto until calibration says otherwise
+    # Per value: calibration's evidence at its threshold (n, hits, lower_bound, auto, ...).
+    evidence: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class TextEncoderSpec(_Spec):

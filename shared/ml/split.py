@@ -63,3 +63,25 @@ def grouped_split(
         target = next((n for n in names[1:] if len(parts[n]) < want[n]), names[0])
         parts[target].extend(members[g])
     return {n: np.array(sorted(v), dtype=np.int64) for n, v in parts.items()}
+
+
+def grouped_folds(groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold number (0..k-1) per item, whole duplicate groups per fold, for cross-fitting.
+
+    Groups are dealt largest first (ties in a seeded random order) to the fold with the fewest
+    items, so folds stay even in size when a few duplicate groups are large.
+    """
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[int(g)].append(i)
+    rng = np.random.default_rng(seed)
+    keys = list(members)
+    rng.shuffle(keys)
+    keys.sort(key=lambda g: -len(members[g]))  # stable: the shuffle breaks ties
+    fold = np.zeros(len(groups), dtype=np.int64)
+    sizes = np.zeros(k, dtype=np.int64)
+    for g in keys:
+        f = int(sizes.argmin())
+        fold[members[g]] = f
+        sizes[f] += len(members[g])
+    return fold

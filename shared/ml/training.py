@@ -17,6 +17,7 @@ from shared.config import Settings, get_settings
 from shared.ml.artifact import Artifact, save_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
+from shared.ml.cross_fit import cross_fit_logits, head_logits
 from shared.ml.dataset import AxisKind, Record, content_hash, load_manifest, load_records, read_images
 from shared.ml.evaluation import evaluate_probs
 from shared.ml.features import image_features, text_features
@@ -35,7 +36,11 @@ MODALITIES = ("text", "image", "both")
 @dataclass
 class TrainConfig:
     seed: int = 0
-    calibration_fraction: float = 0.1  # early stopping, temperatures, thresholds
+    calibration_fraction: float = 0.1  # the served head's early stopping
+    # Temperatures and thresholds are fitted on out-of-fold scores over train + calibration, in
+    # this many grouped folds (shared.ml.cross_fit); 0 or 1: on the calibration part alone.
+    calibration_folds: int = 5
+    confidence: float = 0.95  # of the precision lower bound an auto threshold must clear
     validation_fraction: float = 0.1  # the report only: never trained or tuned on
     finetune_text: bool = True
     text_epochs: int = 2
@@ -58,6 +63,7 @@ class Prepared:
     parts: dict[str, np.ndarray]
     fingerprint: str
     missing_images: int
+    groups: np.ndarray | None = None  # duplicate group per record (shared.ml.split)
 
 
 def prepare_records(
@@ -88,7 +94,7 @@ def prepare_records(
     for r, h in zip(records, hashes, strict=True):
         fp.update(json.dumps([r.id, r.text, h, r.labels], sort_keys=True).encode())
     missing = sum(1 for r, b in zip(records, blobs, strict=True) if r.image_ref and b is None)
-    return Prepared(name, records, blobs, kinds, parts, fp.hexdigest(), missing)
+    return Prepared(name, records, blobs, kinds, parts, fp.hexdigest(), missing, groups)
 
 
 def prepare(manifest_path: str | Path, cfg: TrainConfig) -> Prepared:
@@ -141,6 +147,45 @@ def logits_to_probs(head: FusionHead, axes: list[Axis], f: Features, device) -> 
     return {a.name: probabilities(a, out[a.name].float().cpu().numpy()) for a in axes}
 
 
+def calibration_scores(
+    data: Prepared, axes: list[Axis], y: dict[str, np.ndarray], feats: Features,
+    head: FusionHead, s: Settings, cfg: TrainConfig, device: torch.device, show_progress: bool,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """The records to calibrate on, their logits per axis, and a log: out-of-fold over train +
+    calibration (``cfg.calibration_folds`` grouped folds), else the served head's on the
+    calibration part (folds <= 1, or too few duplicate groups to fold)."""
+    cal = data.parts["calibration"]
+    pool = np.sort(np.concatenate([data.parts["train"], cal]))
+    groups = data.groups
+    if groups is None:
+        groups = duplicate_groups([r.text for r in data.records],
+                                  [content_hash(b) if b else None for b in data.blobs])
+    k = min(cfg.calibration_folds, len(np.unique(groups[pool])) // 2)
+    if k < 2:
+        return cal, head_logits(head, feats.take(cal), device), {
+            "method": "calibration part", "n": int(len(cal)), "confidence": cfg.confidence}
+    texts = [r.text for r in data.records]
+    in_pool = np.zeros(len(texts), dtype=bool)
+    in_pool[pool] = True
+
+    def features_for(fit: np.ndarray) -> Features:
+        """Features as a model whose text adapter learnt from ``fit`` alone sees them."""
+        if not cfg.finetune_text:
+            return feats
+        enc, _ = tuned_text_encoder(s, [texts[i] for i in fit],
+                                    {a.name: y[a.name][fit] for a in axes}, axes, cfg, show_progress)
+        # Not cached: a fold's embeddings serve once, and would add a copy of the pool per fold.
+        tx, tm = text_features(enc, [t if in_pool[i] else "" for i, t in enumerate(texts)], None,
+                               show_progress)
+        return Features(tx, tm, feats.image, feats.image_mask)
+
+    stop_share = len(cal) / len(pool) if len(cal) else 0.1
+    logits, log = cross_fit_logits(axes, pool, groups, y, features_for, k, stop_share, cfg.head,
+                                   device, cfg.seed, show_progress)
+    return pool, logits, {"method": "cross-fit", "n": int(len(pool)), "k": k,
+                          "confidence": cfg.confidence, **log}
+
+
 def train(
     manifest_path: str | Path, out_dir: str | Path, settings: Settings | None = None,
     cfg: TrainConfig | None = None, show_progress: bool = True,
@@ -191,14 +236,15 @@ def train_prepared(
                                 ys["calibration"], cfg.head, device, show_progress)
     timings["head_training_s"] = time.perf_counter() - t0
 
-    # Calibrate on the calibration part: temperatures first, thresholds on calibrated scores.
-    with torch.no_grad():
-        cal_logits = head(*part["calibration"].tensors(np.arange(len(data.parts["calibration"])),
-                                                       device))
+    # Calibrate: temperatures first, then thresholds with a precision lower bound (calibration).
+    t0 = time.perf_counter()
+    cal_idx, cal_logits, cal_log = calibration_scores(data, axes, y, feats, head, s, cfg, device,
+                                                      show_progress)
     for a in axes:
-        lg = cal_logits[a.name].float().cpu().numpy()
-        a.temperature = fit_temperature(a, lg, ys["calibration"][a.name])
-        fit_thresholds(a, probabilities(a, lg), ys["calibration"][a.name], target)
+        lg, yc = cal_logits[a.name], y[a.name][cal_idx]
+        a.temperature = fit_temperature(a, lg, yc)
+        fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence)
+    timings["calibration_s"] = time.perf_counter() - t0  # with cross-fitting's fold models
 
     report = {
         m: evaluate_probs(axes, logits_to_probs(head, axes, part["validation"].only(m), device),
@@ -229,7 +275,7 @@ def train_prepared(
             "dataset": data.name, "fingerprint": data.fingerprint,
             "n": {k: int(len(v)) for k, v in data.parts.items()},
             "missing_images": data.missing_images,
-            "config": asdict(cfg), "head_log": head_log,
+            "config": asdict(cfg), "head_log": head_log, "calibration": cal_log,
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
         },
     }).to_json()

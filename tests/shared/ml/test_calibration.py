@@ -1,10 +1,23 @@
-"""Temperature scaling and precision-targeted thresholds on data with known answers."""
+"""Temperature scaling and thresholds with a precision guarantee, on data with known answers."""
 
 from __future__ import annotations
 
-import numpy as np
+import json
+from pathlib import Path
 
-from shared.ml.calibration import fit_temperature, fit_thresholds, softmax
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from shared.config import Settings
+from shared.ml.calibration import (
+    NEVER,
+    fit_temperature,
+    fit_thresholds,
+    precision_lower_bound,
+    softmax,
+    value_threshold,
+)
 from shared.ml.evaluation import axis_metrics
 from shared.ml.labels import Axis
 
@@ -19,30 +32,160 @@ def test_temperature_undoes_overconfidence() -> None:
     assert 2.4 < t < 3.6
 
 
+def test_precision_lower_bound_known_values() -> None:
+    # All right: the bound is (1 - confidence) ** (1 / n); .98 needs 149 out of 149 at 95%.
+    assert precision_lower_bound(149, 149) >= 0.98
+    assert precision_lower_bound(148, 148) < 0.98
+    assert precision_lower_bound(149, 149) == pytest.approx(0.05 ** (1 / 149))
+    assert precision_lower_bound(0, 10) == 0.0 and precision_lower_bound(0, 0) == 0.0
+    # Exact: at the bound, seeing that many hits or more has probability 1 - confidence.
+    hits, n = np.array([50, 90, 400]), np.array([60, 100, 410])
+    lb = precision_lower_bound(hits, n, confidence=0.9)
+    assert lb.shape == (3,)
+    assert binom.sf(hits - 1, n, lb) == pytest.approx([0.1, 0.1, 0.1], abs=1e-6)
+    assert (lb < hits / n).all()
+    assert precision_lower_bound(50, 60, 0.99) < precision_lower_bound(50, 60, 0.9)
+    with pytest.raises(ValueError):
+        precision_lower_bound(5, 4)
+
+
+def test_a_value_needs_evidence_enough_to_be_auto() -> None:
+    right = np.linspace(0.99, 0.9, 148)
+    thr, ev = value_threshold(right, np.ones(148, bool), target=0.98)
+    assert thr == NEVER and not ev["auto"]
+    assert ev["n"] == ev["hits"] == 148 and ev["lower_bound"] < 0.98
+    scores = np.append(right, 0.85)
+    thr, ev = value_threshold(scores, np.ones(149, bool), target=0.98)
+    assert thr == 0.85 and ev["auto"] and ev["n"] == 149 and ev["lower_bound"] >= 0.98
+    assert value_threshold(np.zeros(0), np.zeros(0, bool), 0.98)[0] == NEVER
+
+
+def test_the_bound_refuses_what_a_point_estimate_accepts() -> None:
+    """100 of 100 right is a point estimate of 1.0 >= .98, which the old thresholds accepted;
+    the bound (.971) says the evidence cannot promise .98."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.6, 1.0, 100)
+    correct = np.ones(100, bool)
+    assert correct.mean() >= 0.98  # what the point estimate saw
+    thr, ev = value_threshold(scores, correct, target=0.98)
+    assert thr == NEVER and ev["lower_bound"] == pytest.approx(0.9705, abs=1e-4)
+    # With a lower target the same evidence suffices, from the lowest score on.
+    thr, ev = value_threshold(scores, correct, target=0.95)
+    assert thr == scores.min() and ev["auto"]
+
+
+def test_ties_are_all_in_or_all_out() -> None:
+    # 160 right at .99 clear .98 (bound .9815); at .95, three right and one wrong tie. Cutting
+    # after the three would still clear it, but a threshold cannot split a tie: all four go in,
+    # and 163 of 164 does not clear .98.
+    scores = np.array([0.99] * 160 + [0.95] * 4)
+    correct = np.array([True] * 163 + [False])
+    thr, ev = value_threshold(scores, correct, target=0.98)
+    assert thr == 0.99 and ev["n"] == 160
+    assert precision_lower_bound(163, 163) >= 0.98 > precision_lower_bound(163, 164)
+
+
 def test_thresholds_reach_target_precision_and_refuse_hopeless_values() -> None:
     rng = np.random.default_rng(1)
-    n = 3000
+    n = 20000
     y = rng.integers(0, 3, size=n)
     probs = np.full((n, 3), 0.05)
     score = rng.uniform(0.4, 1.0, size=n)
-    # value 0 and 1: right exactly with probability = score; value 2: always wrong
+    # value 0: right exactly with probability = score; 1: always wrong; 2: at best half right
     right = rng.uniform(size=n) < score
     pred = np.where(right, y, (y + 1) % 3)
     pred[y == 1] = 2  # the model says 2 where the truth is 1
     probs[np.arange(n), pred] = score
     axis = Axis("a", "single", ["0", "1", "2"])
     fit_thresholds(axis, probs, y, target=0.95)
-    assert axis.thresholds["2"] > 0.99  # mostly wrong: only its very top may be auto
+    for hopeless in ("1", "2"):
+        assert axis.thresholds[hopeless] == NEVER and not axis.evidence[hopeless]["auto"]
+    assert axis.default_threshold == NEVER and set(axis.thresholds) == set(axis.values)
     m = axis_metrics(axis, probs, y)
     assert m["auto_precision"] >= 0.95
     assert 0 < m["auto_coverage"] < 1
+    ev = axis.evidence["0"]  # what the threshold lets through, as recorded
+    passed = (probs.argmax(1) == 0) & (probs.max(1) >= axis.thresholds["0"])
+    assert ev["auto"] and ev["n"] == passed.sum() and ev["hits"] == (passed & (y == 0)).sum()
+    assert ev["lower_bound"] >= 0.95 and ev["confidence"] == 0.95
 
 
-def test_multi_label_metrics_shape() -> None:
+def test_multi_label_values_are_bounded_over_their_proposals() -> None:
+    rng = np.random.default_rng(2)
+    n = 1000
+    y = (rng.uniform(size=(n, 2)) < 0.5).astype(np.float32)
+    probs = np.where(y > 0, rng.uniform(0.6, 1.0, (n, 2)), rng.uniform(0.0, 0.55, (n, 2)))
+    probs[:, 1] = rng.uniform(0, 1, n)  # value b: scores say nothing
     axis = Axis("tags", "multi", ["a", "b"])
-    probs = np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.6]])
-    y = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
     fit_thresholds(axis, probs, y, target=0.9)
+    assert axis.evidence["a"]["auto"] and axis.thresholds["a"] >= 0.5
+    assert axis.evidence["a"]["proposed"] == (probs[:, 0] >= 0.5).sum()
+    assert axis.thresholds["b"] == NEVER
     m = axis_metrics(axis, probs, y)
     assert set(m) == {"n", "micro_f1", "macro_f1", "auto_precision", "auto_coverage"}
-    assert m["micro_f1"] == 1.0
+    assert m["auto_precision"] >= 0.9
+
+
+def test_evidence_round_trips_and_older_axes_still_load() -> None:
+    axis = Axis("a", "single", ["x"])
+    old = axis.to_json()
+    assert "evidence" not in old and Axis.from_json("a", old).evidence == {}
+    axis.evidence = {"x": {"n": 3, "hits": 3, "lower_bound": 0.3684, "auto": False}}
+    assert Axis.from_json("a", json.loads(json.dumps(axis.to_json()))).evidence == axis.evidence
+
+
+def test_cross_fitted_training_only_auto_applies_bounded_values(
+    tmp_path: Path, settings: Settings, sample_manifest: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``tagger train`` on the sample with 3 grouped folds: every value with a finite threshold
+    has evidence whose lower bound clears the target, over out-of-fold scores of train +
+    calibration, and the command names the values that will never be auto-applied."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from shared.config import get_settings
+
+    monkeypatch.setenv("TAGGER_CACHE_DIR", str(settings.cache_dir))
+    monkeypatch.setenv("TAGGER_DEVICE", "cpu")
+    get_settings.cache_clear()
+    target = 0.8  # the sample is too small for .98 (149 straight hits per value)
+    res = CliRunner().invoke(app, [
+        "train", "--dataset", str(sample_manifest), "--out", str(tmp_path / "m"),
+        "--text-epochs", "1", "--head-epochs", "15", "--target-precision", str(target),
+        "--calibration-folds", "3", "--confidence", "0.9"])
+    get_settings.cache_clear()
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    cal, n = m["training"]["calibration"], m["training"]["n"]
+    assert cal["method"] == "cross-fit" and cal["k"] == 3 and cal["confidence"] == 0.9
+    assert cal["n"] == n["train"] + n["calibration"] == sum(f["scored"] for f in cal["folds"])
+    assert "calibration_s" in m["training"]["timings_s"]
+    finite = 0
+    for name, a in m["axes"].items():
+        assert a["default_threshold"] == NEVER and set(a["evidence"]) == set(a["values"])
+        never = [v for v in a["values"] if a["thresholds"][v] == NEVER]
+        assert f"{name}: {len(a['values']) - len(never)} of {len(a['values'])} auto" in res.output
+        for v, ev in a["evidence"].items():
+            assert ev["confidence"] == 0.9
+            if a["thresholds"][v] < NEVER:
+                finite += 1
+                assert ev["auto"] and ev["lower_bound"] >= target and ev["n"] <= ev["proposed"]
+                assert ev["lower_bound"] <= precision_lower_bound(ev["hits"], ev["n"], 0.9)
+            else:
+                assert not ev["auto"] and ev["lower_bound"] < target
+        if never:
+            top = max(never, key=lambda v: a["evidence"][v]["proposed"])
+            assert f"{top} ({a['evidence'][top]['proposed']} predicted" in res.output
+    assert finite > 0
+
+
+def test_folds_keep_duplicate_groups_together_and_even() -> None:
+    from shared.ml.split import grouped_folds
+
+    rng = np.random.default_rng(3)
+    groups = np.concatenate([np.full(40, 0), np.full(25, 1), rng.integers(2, 400, 600)])
+    fold = grouped_folds(groups, 5, seed=0)
+    for g in np.unique(groups):
+        assert len(np.unique(fold[groups == g])) == 1
+    sizes = np.bincount(fold, minlength=5)
+    assert sizes.max() - sizes.min() <= 5 and (grouped_folds(groups, 5, seed=0) == fold).all()
