@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import errors, health, images, ingest, metrics, openapi, reads, review, review_page
+from api import audit, errors, health, images, ingest, metrics, openapi, reads, review, review_page
 from api.config import ApiSettings
 from api.state import AppState
 from shared.config import Settings, get_settings
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     app.include_router(ingest.router)
     app.include_router(reads.router)
     app.include_router(review.router)
+    app.include_router(audit.router)
     app.include_router(images.router)
     app.include_router(review_page.router)
     review_page.mount_static(app)

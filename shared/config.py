@@ -54,6 +54,20 @@ class Settings(BaseSettings):
         0.03, ge=0.0, le=1.0, description="The TaggerAccuracyDrop alert fires when the estimate falls this "
         "far under the accuracy the model measured at training time.",
     )
+    # --- live audit (issue 10): a sample of auto tags goes to review; a value shown to miss the
+    # target stops being auto-applied (shared/audit.py, docs/MODEL.md "Live audit") ---------------
+    audit_rate: float = Field(
+        0.02, ge=0.0, le=1.0, description="Share of auto-applied tags also sent to review as an audit "
+        "(reason 'audit', still applied); chosen by a hash of (event, axis, value), so a redelivery "
+        "marks the same tags.",
+    )
+    audit_window: int = Field(
+        500, ge=1, description="Reviewers' latest decisions per axis/value on audit and paused tags that "
+        "its live precision is measured on.",
+    )
+    audit_poll_s: float = Field(
+        5.0, gt=0, description="How often a worker re-reads which values are switched off (auto_switches).",
+    )
     max_image_bytes: int = Field(10_000_000, ge=1, description="Largest image accepted, in bytes.")
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image (width x height): bomb guard."

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -38,6 +38,22 @@ reference_accuracy = Gauge(
 accuracy_alert_margin = Gauge(
     "tagger_accuracy_alert_margin", "TAGGER_ACCURACY_ALERT_MARGIN: how far the estimate may fall under the "
     "reference before the TaggerAccuracyDrop alert fires (docker/prometheus/alerts.yml).")
+
+# The live audit's switches (shared/audit.py), read from auto_switches by the API at each scrape.
+AUDIT_LABELS = ["axis", "value"]
+auto_enabled = Gauge(
+    "tagger_auto_enabled", "1 while the model may auto-apply the value, 0 while the live audit has switched "
+    "it off; only values reviewers have judged audit or paused tags of (others are enabled).", AUDIT_LABELS)
+audit_precision_lower = Gauge(
+    "tagger_audit_precision_lower", "One-sided 95% lower confidence bound of the value's live precision, "
+    "from reviewers' decisions on its audit and paused tags.", AUDIT_LABELS)
+audit_precision_upper = Gauge(
+    "tagger_audit_precision_upper", "One-sided 95% upper confidence bound of the value's live precision; "
+    "the value is switched off while this is under the target.", AUDIT_LABELS)
+audit_decisions = Gauge(
+    "tagger_audit_decisions", "Reviewers' decisions behind the value's live precision (the latest "
+    "TAGGER_AUDIT_WINDOW at most).", AUDIT_LABELS)
+_AUDIT_GAUGES = (auto_enabled, audit_precision_lower, audit_precision_upper, audit_decisions)
 
 
 def count_ingest(accepted: int, rejected: int) -> None:
@@ -161,6 +177,21 @@ def refresh_queue_depths(broker_url: str, queues: Sequence[str], timeout_s: floa
         set_queue_depth(queue, depth)
     broker_up.set(1)
     return True
+
+
+def set_audit_switches(rows: Iterable[tuple[str, str, bool, float, float, int]] | None) -> None:
+    """Replace the audit series with ``rows`` of (axis, value, enabled, lower, upper, n); None (the
+    table could not be read) leaves no series rather than stale ones. Never raises."""
+    try:
+        for gauge in _AUDIT_GAUGES:
+            gauge.clear()
+        for axis, value, enabled, lower, upper, n in rows or ():
+            auto_enabled.labels(axis=axis, value=value).set(1 if enabled else 0)
+            audit_precision_lower.labels(axis=axis, value=value).set(lower)
+            audit_precision_upper.labels(axis=axis, value=value).set(upper)
+            audit_decisions.labels(axis=axis, value=value).set(n)
+    except Exception:  # pragma: no cover
+        log.debug("metrics_failed", exc_info=True)
 
 
 _server_started = False

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import audit
 from shared.config import Settings, get_settings
 from shared.db.session import session_scope
 from shared.db.tags import TaggingResult, apply_batch, product_content_hash
@@ -23,6 +24,7 @@ from shared.fetch import FetchError, ImageFetcher
 from shared.metrics import count_failure, observe_batch, set_accuracy
 from shared.ml.live_accuracy import RollingAccuracy
 from shared.stopwatch import Stopwatch
+from workers.audit import SwitchWatcher
 from workers.batching import UNACKED
 from workers.deliveries import Delivery, dead_letter, decode, requeue_or_dead_letter
 from workers.hotswap import ModelWatcher, announce, warm_up
@@ -39,6 +41,7 @@ class Runtime:
     fetcher: ImageFetcher
     watcher: Any = None  # workers.hotswap.ModelWatcher: follows the registry's live version
     accuracy: RollingAccuracy = field(default_factory=RollingAccuracy)  # the label-free live estimate
+    switches: SwitchWatcher | None = None  # the live audit: values switched off (shared/audit.py)
 
 
 _runtime: Runtime | None = None
@@ -59,7 +62,8 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             tagger = Tagger.load(settings=s)
             warm_up(tagger, s.batch_size)
             rt = Runtime(settings=s, tagger=tagger, fetcher=ImageFetcher(s),
-                         accuracy=RollingAccuracy(s.accuracy_window))
+                         accuracy=RollingAccuracy(s.accuracy_window),
+                         switches=SwitchWatcher(s.database_url, s.audit_poll_s))
             rt.watcher = ModelWatcher(rt)
             rt.watcher.sync_now()  # the registry's live model, if one is registered
             tagger = rt.tagger
@@ -103,7 +107,8 @@ def infer(
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
 
 
-def _result(d: Delivery, pred: Any, image_error: str | None, version: str) -> TaggingResult:
+def _result(d: Delivery, pred: Any, image_error: str | None, version: str,
+            off: frozenset[audit.Pair] = frozenset(), audit_rate: float = 0.0) -> TaggingResult:
     ev = d.event
     assert ev is not None
     common = dict(
@@ -113,6 +118,7 @@ def _result(d: Delivery, pred: Any, image_error: str | None, version: str) -> Ta
         image_error=image_error, attempts=d.attempt,
     )
     tags = [(axis, t.value, t.score, t.status) for axis, ranked in pred.tags.items() for t in ranked]
+    tags = audit.apply(tags, ev.event_id, off, audit_rate)  # switched-off values paused; a sample audited
     try:
         return TaggingResult(**common, tags=tags, status="failed" if pred.error else "tagged",
                              error=pred.error)
@@ -134,6 +140,7 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     t0 = time.perf_counter()
     if rt.watcher is not None:
         rt.watcher.poll()  # cheap: at most one short query every few seconds
+    off = rt.switches.poll() if rt.switches is not None else frozenset()  # likewise
     tagger = rt.tagger  # one model for the whole batch, even if a swap lands meanwhile
     deliveries = [decode(req, rt.settings.max_attempts) for req in requests]
     todo = [d for d in deliveries if d.reason is None]
@@ -142,7 +149,8 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     try:
         outcomes = infer(rt, [d.event for d in todo], tagger, watch) if todo else []
         version = tagger.version
-        results = [_result(d, p, ie, version) for d, (p, ie) in zip(todo, outcomes, strict=True)]
+        results = [_result(d, p, ie, version, off, rt.settings.audit_rate)
+                   for d, (p, ie) in zip(todo, outcomes, strict=True)]
         t_infer = time.perf_counter()
         with watch.stage("write"), session_scope(rt.settings.database_url) as session:
             apply_batch(session, results)

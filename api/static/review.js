@@ -1,4 +1,4 @@
-// The review page: the queue of uncertain tags from GET /v1/review, one decision per item
+// The review page: the queue of audit and uncertain tags from GET /v1/review, one decision per item
 // (POST /v1/products/{id}/decisions), photos through GET /v1/products/{id}/image.
 // Plain ES module, no build step; every text from the API goes into the DOM as text, never as HTML.
 
@@ -146,6 +146,18 @@ function candidateRow(item, candidate, n) {
     el("span", { className: "score", textContent: candidate.score.toFixed(2) }));
 }
 
+/** Audit items: a tag the model applied (sampled) or would have applied (its value switched off). */
+function auditBadge(item) {
+  if (!item.audit) return null;
+  const paused = item.candidates.some((c) => c.reason === "paused");
+  return el("span", {
+    className: "badge", textContent: paused ? "audit · paused" : "audit",
+    title: paused ? "The model would have applied this value, but the live audit switched it off; "
+                    + "confirmations bring it back."
+                  : "The model applied this tag; a sample is checked by people to measure its live precision.",
+  });
+}
+
 function card(item, index) {
   const others = item.candidates.slice(1).map((c) => el("option", { value: c.value }));
   const listId = `values-${index}`;
@@ -171,7 +183,7 @@ function card(item, index) {
       el("p", { className: "meta" },
         el("span", { className: "axis", textContent: item.axis }), " · ",
         el("code", { className: "product", textContent: item.product_id }),
-        item.model_version ? ` · model ${item.model_version}` : null),
+        item.model_version ? ` · model ${item.model_version}` : null, auditBadge(item)),
       el("ol", { className: "candidates" }, ...item.candidates.map((c, n) => candidateRow(item, c, n))),
       el("div", { className: "actions" },
         el("button", { type: "button", className: "reject", onclick: () => reject(item) },

@@ -1,4 +1,5 @@
-"""Tables of the tagger: products and their tags, tagging events, dead letters, model versions, API keys."""
+"""Tables of the tagger: products and their tags, auto switches, tagging events, dead letters, model versions,
+API keys."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ MODEL_TAG_STATUSES = ("auto", "review")
 HUMAN_TAG_STATUSES = ("confirmed", "rejected")
 TAG_SOURCES = ("model", "human")
 # Why a model tag is 'review' although its score might have applied it: the product looked unlike
-# anything the model was trained on, or the tag contradicted another applied tag of the product.
-REVIEW_REASONS = ("out_of_domain", "contradiction")
+# anything the model was trained on, or the tag contradicted another applied tag of the product;
+# or the live audit (shared/audit.py): 'audit' marks an applied ('auto') tag sampled for a person to
+# check, 'paused' a tag held back because its value is switched off (auto_switches).
+REVIEW_REASONS = ("out_of_domain", "contradiction", "audit", "paused")
+AUDIT_REASONS = ("audit", "paused")  # people's decisions on these rows measure live precision
 EVENT_STATUSES = ("received", "tagged", "failed", "dead")
 MODEL_VERSION_STATUSES = ("candidate", "live", "retired", "rejected")
 API_KEY_ROLES = ("producer", "reader", "reviewer", "admin")
@@ -25,6 +29,9 @@ API_KEY_ROLES = ("producer", "reader", "reviewer", "admin")
 def _one_of(column: str, values: tuple[str, ...]) -> str:
     """SQL for a CHECK that pins a text column to a fixed set (portable, unlike native enums)."""
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+AUDIT_ROWS = _one_of("reason", AUDIT_REASONS)  # the SQL predicate of the partial index below
 
 
 class Product(Base):
@@ -67,6 +74,10 @@ class ProductTag(Base):
             name="source_status",
         ),
         sa.Index(None, "axis", "value", "status"),
+        # The live audit's rows (a small share of all): the review queue's audit part and the
+        # evidence behind each switch read only these (shared/audit.py).
+        sa.Index("ix_product_tags_audit", "axis", "value", "updated_at",
+                 postgresql_where=sa.text(AUDIT_ROWS), sqlite_where=sa.text(AUDIT_ROWS)),
     )
 
     product_id: Mapped[str] = mapped_column(
@@ -83,6 +94,25 @@ class ProductTag(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     product: Mapped[Product] = relationship(back_populates="tags")
+
+
+class AutoSwitch(Base):
+    """Whether the model may still auto-apply one (axis, value), from reviewers' decisions on its audit
+    and paused tags (written by shared/audit.py only). No row: never audited, so enabled."""
+
+    __tablename__ = "auto_switches"
+
+    axis: Mapped[str] = mapped_column(primary_key=True)
+    value: Mapped[str] = mapped_column(primary_key=True)
+    enabled: Mapped[bool]
+    n: Mapped[int]  # decisions in the window (the latest TAGGER_AUDIT_WINDOW)
+    hits: Mapped[int]  # of them confirmed
+    lower: Mapped[float] = mapped_column(sa.Float())  # one-sided 95% Clopper-Pearson bounds of hits / n
+    upper: Mapped[float] = mapped_column(sa.Float())
+    target: Mapped[float] = mapped_column(sa.Float())  # the target precision the switch was judged against
+    reason: Mapped[str]  # the rule's verdict in words
+    changed_at: Mapped[datetime | None]  # when ``enabled`` last flipped; NULL: never
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class TaggingEvent(Base):

@@ -45,10 +45,10 @@ def db_url(api_db_url: str) -> Iterator[str]:
 @pytest.fixture
 def db(db_url: str) -> Iterator[str]:
     """The API database for tests that write products and tags; those rows (and any model version
-    registered) are removed afterwards."""
+    registered, and the live audit's switches that decisions wrote) are removed afterwards."""
     yield db_url
     with get_engine(db_url).begin() as connection:
-        connection.exec_driver_sql("TRUNCATE products, product_tags, model_versions")
+        connection.exec_driver_sql("TRUNCATE products, product_tags, model_versions, auto_switches")
 
 
 @pytest.fixture

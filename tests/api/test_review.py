@@ -81,9 +81,10 @@ def test_queue_has_only_review_items_most_uncertain_first(
     assert body["next_cursor"] is None
     r1 = body["items"][-1]
     assert r1 == {"product_id": "r1", "title": "Product r1", "image_uri": "file:///img/r1.jpg",
-                  "axis": "colour", "model_version": "v1",
-                  "candidates": [{"value": "Blue", "score": 0.60}, {"value": "Navy", "score": 0.35},
-                                 {"value": "Teal", "score": 0.20}]}
+                  "axis": "colour", "model_version": "v1", "audit": False,
+                  "candidates": [{"value": "Blue", "score": 0.60, "reason": None},
+                                 {"value": "Navy", "score": 0.35, "reason": None},
+                                 {"value": "Teal", "score": 0.20, "reason": None}]}
 
 
 def test_queue_filter_by_axis_and_cursor(client: TestClient, tokens: dict[str, str], catalogue: None) -> None:

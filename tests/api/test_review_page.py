@@ -193,6 +193,37 @@ def test_bad_key_shows_the_401(page: Any, base_url: str, tokens: dict[str, str],
     expect(page.locator("#error")).to_be_hidden()
 
 
+def test_audit_items_come_first_with_a_badge(page: Any, base_url: str, tokens: dict[str, str],
+                                             db: str) -> None:
+    """An applied tag sampled for audit, and one held back because its value is switched off, lead the
+    queue with a badge saying which; rejecting the audited one stores a human rejection like any other."""
+    from playwright.sync_api import expect
+
+    def result(product_id: str, tags: tuple[tuple[object, ...], ...]) -> TaggingResult:
+        return TaggingResult(event_id=f"e-{product_id}", product_id=product_id, seller_id="s1",
+                             title=f"Product {product_id}", description=None, image_uri=None, locale=None,
+                             occurred_at=T0, content_hash=f"h-{product_id}", model_version="v1", tags=tags)
+
+    with session_scope(db) as session:
+        apply_batch(session, [
+            result("u1", (("colour", "Blue", 0.60, "review"),)),
+            result("a1", (("colour", "Red", 0.99, "auto", "audit"),)),
+            result("a2", (("colour", "Navy", 0.98, "review", "paused"), ("colour", "Blue", 0.01, "review"))),
+        ])
+    page.goto(f"{base_url}/review")
+    page.fill("#key", tokens["reviewer"])
+    page.keyboard.press("Enter")
+    expect(page.locator("article.item")).to_have_count(3)
+    assert page.locator("article.item").evaluate_all("ns => ns.map(n => n.dataset.product)")[2] == "u1"
+    expect(card(page, "a1").locator(".badge")).to_have_text("audit")
+    expect(card(page, "a2").locator(".badge")).to_have_text("audit · paused")
+    expect(card(page, "u1").locator(".badge")).to_have_count(0)
+    card(page, "a1").click()
+    page.keyboard.press("r")
+    expect(card(page, "a1")).to_have_count(0)
+    assert tag_rows(db, "a1", "colour") == {"Red": ("rejected", "human")}
+
+
 def test_page_is_public_no_data_and_out_of_the_schema(client: TestClient) -> None:
     page = client.get("/review")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

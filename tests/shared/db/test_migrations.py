@@ -13,11 +13,16 @@ import shared
 from shared.db import migrate
 from shared.db.session import get_engine
 
-TABLES = {"products", "product_tags", "tagging_events", "dead_letters", "model_versions", "api_keys"}
+TABLES = {"products", "product_tags", "tagging_events", "dead_letters", "model_versions", "api_keys",
+          "auto_switches"}
 
 
 def _tables(url: str) -> set[str]:
     return set(sa.inspect(get_engine(url)).get_table_names())
+
+
+def _indexes(url: str, table: str) -> set[str]:
+    return {index["name"] for index in sa.inspect(get_engine(url)).get_indexes(table)}
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
@@ -26,9 +31,15 @@ def test_upgrade_check_downgrade_upgrade(dialect: str, make_database: Callable[[
     assert migrate.current(url) == ()
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0003",) == (migrate.head(),)
+    assert migrate.current(url) == ("0004",) == (migrate.head(),)
     assert _tables(url) == TABLES | {"alembic_version"}
+    assert "ix_product_tags_audit" in _indexes(url, "product_tags")
     migrate.check(url)  # raises when the models and the migrations disagree
+
+    migrate.downgrade(url, "-1")
+    assert migrate.current(url) == ("0003",)
+    assert _tables(url) == TABLES - {"auto_switches"} | {"alembic_version"}
+    assert "ix_product_tags_audit" not in _indexes(url, "product_tags")
 
     migrate.downgrade(url, "-1")
     assert migrate.current(url) == ("0002",)
@@ -37,14 +48,14 @@ def test_upgrade_check_downgrade_upgrade(dialect: str, make_database: Callable[[
 
     migrate.downgrade(url, "-1")
     assert migrate.current(url) == ("0001",)
-    assert _tables(url) == TABLES - {"api_keys"} | {"alembic_version"}
+    assert _tables(url) == TABLES - {"api_keys", "auto_switches"} | {"alembic_version"}
 
     migrate.downgrade(url, "base")
     assert migrate.current(url) == ()
     assert _tables(url) == {"alembic_version"}
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0003",)
+    assert migrate.current(url) == ("0004",)
     migrate.check(url)
 
 
