@@ -43,10 +43,11 @@ class Tag(BaseModel):
     source: str
     model_version: str | None
     reason: str | None = Field(
-        None, description="Why the model left this tag for review although its score might have applied "
-        "it: 'out_of_domain' (the product is unlike the model's training data) or 'contradiction' (it "
-        "contradicted another applied tag of the product); null when the score alone decided. Kept "
-        "after a person decides.")
+        None, description="Why the tag is in the review queue beyond its score: 'out_of_domain' (the "
+        "product is unlike the model's training data), 'contradiction' (it contradicted another applied "
+        "tag of the product), 'paused' (its value's auto-apply is switched off by the live audit), or "
+        "'audit' (an APPLIED auto tag sampled for a person to check); null when the score alone decided. "
+        "Kept after a person decides. New values may be added.")
     updated_at: datetime
 
 

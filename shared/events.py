@@ -65,6 +65,14 @@ class ProductUploaded(BaseModel):
             raise ValueError("expected an ISO 8601 date-time string with a timezone, not a number")
         return value
 
+    @field_validator("event_id", "product_id", "seller_id", "title", "description", "image_uri", "locale")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        """Postgres text cannot hold NUL: refuse it here, naming the field, not as a 500 at the write."""
+        if value is not None and "\x00" in value:
+            raise ValueError("contains a NUL character")
+        return value
+
     @field_validator("image_uri")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:

@@ -125,3 +125,11 @@ def test_events_are_immutable() -> None:
     with pytest.raises(ValidationError):
         event.title = "changed"  # type: ignore[misc]
 
+
+
+@pytest.mark.parametrize("field", ["event_id", "product_id", "seller_id", "title", "description"])
+def test_nul_is_refused_naming_the_field(field: str) -> None:
+    """Postgres text cannot hold NUL: the event is refused at the door, not as a failed batch write."""
+    with pytest.raises(ValidationError) as err:
+        ProductUploaded.model_validate({**GOOD, field: "a\x00b"})
+    assert any(line.startswith(f"{field}: ") and "NUL" in line for line in format_errors(err.value))
