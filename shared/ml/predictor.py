@@ -13,6 +13,7 @@ from shared.errors import ArtifactError
 from shared.ml.artifact import Artifact, load_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import probabilities
+from shared.ml.consistency import Consistency
 from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
@@ -47,6 +48,7 @@ class Prediction:
     modalities: tuple[str, ...] = ()
     image_error: str | None = None
     error: str | None = None
+    contradictions: list[str] = field(default_factory=list)  # axes whose auto tags contradicted
 
     def top(self, axis: str) -> TagScore | None:
         ranked = self.tags.get(axis) or []
@@ -106,6 +108,8 @@ class Tagger:
         self.axes = [Axis.from_json(n, d) for n, d in self.manifest["axes"].items()]
         self.head = build_head(self.manifest, artifact.head).to(text_encoder.device)
         self.device = text_encoder.device
+        doc = self.manifest.get("consistency")  # older models have none: axes decide alone
+        self.consistency = Consistency.from_json(doc) if doc else None
 
     @classmethod
     def load(
@@ -189,4 +193,25 @@ class Tagger:
                     for j in order
                 ]
             preds.append(p)
+        return self._consistent(preds)
+
+    def _consistent(self, preds: list[Prediction]) -> list[Prediction]:
+        """Joint decoding (shared.ml.consistency): axes whose auto tags contradict another auto
+        tag of the item go to review, named in ``contradictions``. Reads the statuses as the
+        steps before left them; the evaluation calls the same ``Consistency.resolve``."""
+        if self.consistency is None or not preds:
+            return preds
+        auto = {}
+        for a in self.axes:
+            index = {v: j for j, v in enumerate(a.values)}
+            auto[a.name] = np.zeros((len(preds), len(a.values)), bool)
+            for k, p in enumerate(preds):
+                for t in p.tags.get(a.name, []):
+                    auto[a.name][k, index[t.value]] = t.status == AUTO
+        _, contradicted = self.consistency.resolve(self.axes, auto)
+        for name, hit in contradicted.items():
+            for k in np.nonzero(hit)[0]:
+                preds[k].contradictions.append(name)
+                for t in preds[k].tags[name]:
+                    t.status = REVIEW
         return preds

@@ -49,7 +49,7 @@ def evaluate_records(
         "dataset": name,
         "modality": modality,
         "n": len(records),
-        "axes": evaluate_probs(shared_axes, probs, y),
+        "axes": evaluate_probs(shared_axes, probs, y, tagger.consistency, tagger.axes),
     }
 
 

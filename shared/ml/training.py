@@ -17,6 +17,7 @@ from shared.config import Settings, get_settings
 from shared.ml.artifact import Artifact, save_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
+from shared.ml.consistency import Consistency
 from shared.ml.cross_fit import cross_fit_logits, head_logits
 from shared.ml.dataset import AxisKind, Record, content_hash, load_manifest, load_records, read_images
 from shared.ml.evaluation import evaluate_probs
@@ -251,6 +252,10 @@ def train_prepared(
                           ys["validation"])
         for m in MODALITIES
     }
+    # Consistent tags (shared.ml.consistency): contradicting value pairs, from every label the
+    # model may learn from (train + calibration, never validation).
+    seen = np.concatenate([data.parts["train"], data.parts["calibration"]])
+    consistency = Consistency.fit(axes, {a.name: y[a.name][seen] for a in axes})
     timings["total_s"] = time.perf_counter() - started
     created = datetime.now(UTC)
     version = f"{data.name}-{created:%Y%m%d%H%M%S}-{data.fingerprint[:6]}"
@@ -278,6 +283,7 @@ def train_prepared(
             "config": asdict(cfg), "head_log": head_log, "calibration": cal_log,
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
         },
+        "consistency": consistency.to_json(),
     }).to_json()
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter))
