@@ -1,4 +1,5 @@
-"""Model artifacts: ``manifest.json`` + ``head.safetensors`` (+ ``text_adapter.safetensors``).
+"""Model artifacts: ``manifest.json`` + ``head.safetensors`` (+ ``text_adapter.safetensors``)
+(+ ``novelty.safetensors``, the novelty guard's centroids: :mod:`shared.ml.novelty`).
 
 Never pickle: weights are safetensors, everything else is JSON. The manifest's names, format and
 schema live in the torch-free :mod:`shared.ml.manifest`; this module adds the weights.
@@ -10,24 +11,32 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
 from shared.errors import ArtifactError
 from shared.ml.manifest import ADAPTER, FORMAT, HEAD, MANIFEST, parse_manifest, read_manifest
 
-__all__ = ["ADAPTER", "FORMAT", "HEAD", "MANIFEST", "Artifact", "load_artifact", "save_artifact"]
+__all__ = ["ADAPTER", "FORMAT", "HEAD", "MANIFEST", "NOVELTY", "Artifact", "load_artifact",
+           "save_artifact"]
+
+NOVELTY = "novelty.safetensors"  # optional: models trained before the guard have none
 
 
 @dataclass
 class Artifact:
     """A model in memory: the manifest's JSON document (checked by shared.ml.manifest on load and
-    before saving) and the weights it names."""
+    before saving) and the weights it names. ``novelty`` (numpy: the guard is torch-free) goes
+    with the manifest's ``novelty`` key; both or neither."""
 
     manifest: dict
     head: dict[str, torch.Tensor]
     adapter: dict[str, torch.Tensor] | None
+    novelty: dict[str, np.ndarray] | None = None
 
     @property
     def version(self) -> str:
@@ -35,16 +44,20 @@ class Artifact:
 
 
 def save_artifact(out_dir: str | Path, artifact: Artifact) -> Path:
-    """Write the three files; weights in fp32 (the head is small, and scores must round-trip).
+    """Write the files; weights in fp32 (the head is small, and scores must round-trip).
     The manifest is checked against the schema first: nothing is written for one no reader accepts."""
     out = Path(out_dir)
-    files = [HEAD] if artifact.adapter is None else [HEAD, ADAPTER]
+    files = [HEAD] + [ADAPTER] * (artifact.adapter is not None) + [NOVELTY] * (artifact.novelty is not None)
     manifest = {**artifact.manifest, "format": FORMAT, "files": files}
     parse_manifest(manifest, str(out / MANIFEST))  # never write what no reader would accept
+    if (artifact.novelty is None) != (manifest.get("novelty") is None):
+        raise ArtifactError(f"{out / MANIFEST}: the 'novelty' key and {NOVELTY} go together")
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in artifact.head.items()}, str(out / HEAD))
     if artifact.adapter is not None:
         save_file({k: v.contiguous() for k, v in artifact.adapter.items()}, str(out / ADAPTER))
+    if artifact.novelty is not None:
+        save_arrays({k: np.ascontiguousarray(v) for k, v in artifact.novelty.items()}, str(out / NOVELTY))
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return out
 
@@ -55,13 +68,14 @@ def load_artifact(model_dir: str | Path) -> Artifact:
     spec = read_manifest(d)
     head = _load(d / HEAD)
     adapter = _load(d / ADAPTER) if spec.has_adapter else None
-    return Artifact(manifest=spec.to_json(), head=head, adapter=adapter)
+    novelty = _load(d / NOVELTY, load_arrays) if NOVELTY in spec.files else None
+    return Artifact(manifest=spec.to_json(), head=head, adapter=adapter, novelty=novelty)
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
+def _load(path: Path, reader=load_file) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path}: not found")
     try:
-        return load_file(str(path))
+        return reader(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: corrupt or truncated weights: {exc}") from None

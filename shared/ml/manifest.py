@@ -92,6 +92,7 @@ class ModelManifest(_Spec):
     target_precision: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
+    novelty: dict[str, Any] | None = None  # shared.ml.novelty's limits; None: no abstention guard
     consistency: dict[str, Any] | None = None  # shared.ml.consistency's pairs; None: none checked
     format: int = FORMAT
     files: list[str] = Field(default_factory=lambda: [HEAD])

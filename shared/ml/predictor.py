@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,13 @@ from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
 from shared.ml.labels import Axis
 from shared.ml.manifest import EncodersSpec
+from shared.ml.novelty import NoveltyGuard, NoveltyScores
 from shared.ml.text_encoder import TextEncoder
 from shared.stopwatch import Stopwatch
 
 AUTO, REVIEW = "auto", "review"
+log = logging.getLogger("shared.ml.predictor")
+_UNGUARDED: set[str] = set()  # versions already logged as having no novelty guard
 
 
 @dataclass
@@ -42,12 +46,16 @@ class TagScore:
 
 @dataclass
 class Prediction:
-    """Ranked values per axis; ``image_error`` says why the photo was not used, if it was not."""
+    """Ranked values per axis; ``image_error`` says why the photo was not used, if it was not.
+    ``novelty``: >= 1.0 means out of the model's domain (then every tag is ``review`` and
+    ``abstain_reason`` says why); None when the model has no novelty guard or the item no input."""
 
     tags: dict[str, list[TagScore]] = field(default_factory=dict)
     modalities: tuple[str, ...] = ()
     image_error: str | None = None
     error: str | None = None
+    novelty: float | None = None
+    abstain_reason: str | None = None
     contradictions: list[str] = field(default_factory=list)  # axes whose auto tags contradicted
 
     def top(self, axis: str) -> TagScore | None:
@@ -108,8 +116,20 @@ class Tagger:
         self.axes = [Axis.from_json(n, d) for n, d in self.manifest["axes"].items()]
         self.head = build_head(self.manifest, artifact.head).to(text_encoder.device)
         self.device = text_encoder.device
+        self.guard = self._guard()
         doc = self.manifest.get("consistency")  # older models have none: axes decide alone
         self.consistency = Consistency.from_json(doc) if doc else None
+
+    def _guard(self) -> NoveltyGuard | None:
+        """The artifact's novelty guard; older artifacts have none, and then nothing abstains."""
+        doc = self.manifest.get("novelty")
+        if doc is not None and self.artifact.novelty is not None:
+            return NoveltyGuard.from_artifact(doc, self.artifact.novelty)
+        if self.version not in _UNGUARDED:
+            _UNGUARDED.add(self.version)
+            log.warning("model %s has no novelty guard: out-of-domain items are not detected and "
+                        "can get auto tags (retrain to add one)", self.version)
+        return None
 
     @classmethod
     def load(
@@ -171,7 +191,32 @@ class Tagger:
         watch = watch or Stopwatch()
         tx, tm, ix, im, errors = self.features(items, watch)
         with watch.stage("head"):
-            return self._rank(items, self.probabilities(tx, tm, ix, im), tm, im, errors, top_k)
+            preds = self._rank(items, self.probabilities(tx, tm, ix, im), tm, im, errors, top_k)
+            return self._abstain(preds, self.novelty([it.text or "" for it in items], tx, tm, ix, im))
+
+    def novelty(self, texts: list[str], tx: np.ndarray, tm: np.ndarray, ix: np.ndarray,
+                im: np.ndarray) -> NoveltyScores | None:
+        """Novelty of ready-made features (``texts``: the titles ``tx`` came from); None without
+        a guard. Evaluation counts abstentions with it next to :meth:`probabilities`."""
+        if self.guard is None:
+            return None
+        return self.guard.score(texts, tx, tm, ix, im, self.text_encoder.tokenizer)
+
+    @staticmethod
+    def _abstain(preds: list[Prediction], nov: NoveltyScores | None) -> list[Prediction]:
+        """Out-of-domain items keep their ranked values, but none of them is ``auto``."""
+        if nov is None:
+            return preds
+        for p, score, reason in zip(preds, nov.score, nov.reasons, strict=True):
+            if np.isnan(score) or p.error:
+                continue
+            p.novelty = round(float(score), 4)
+            if score >= 1.0:
+                p.abstain_reason = reason
+                for ranked in p.tags.values():
+                    for t in ranked:
+                        t.status = REVIEW
+        return preds
 
     def _rank(self, items: list[Item], probs: dict[str, np.ndarray], tm: np.ndarray, im: np.ndarray,
               errors: list[str | None], top_k: int) -> list[Prediction]:

@@ -27,6 +27,7 @@ from shared.ml.head_training import Features, HeadTrainConfig, train_head
 from shared.ml.image_encoder import ImageEncoder
 from shared.ml.labels import Axis, build_axes, targets
 from shared.ml.manifest import ModelManifest
+from shared.ml.novelty import fit_guard
 from shared.ml.split import duplicate_groups, grouped_split
 from shared.ml.text_encoder import TextEncoder
 from shared.ml.text_tuning import tune_text_encoder
@@ -252,6 +253,8 @@ def train_prepared(
                           ys["validation"])
         for m in MODALITIES
     }
+    # Novelty guard (shared.ml.novelty): items unlike the training data never get auto tags.
+    guard = fit_guard(feats, data.parts, texts, text_enc.tokenizer, image_enc.backbone_dim, cfg.seed)
     # Consistent tags (shared.ml.consistency): contradicting value pairs, from every label the
     # model may learn from (train + calibration, never validation).
     seen = np.concatenate([data.parts["train"], data.parts["calibration"]])
@@ -283,9 +286,11 @@ def train_prepared(
             "config": asdict(cfg), "head_log": head_log, "calibration": cal_log,
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
         },
+        "novelty": guard.to_json(),
         "consistency": consistency.to_json(),
     }).to_json()
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter))
+    save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter,
+                                    novelty=guard.arrays()))
     cache.close()
     return manifest
