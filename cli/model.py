@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.output import console, out
@@ -27,6 +28,9 @@ class Fusion(StrEnum):
     concat = "concat"
 
 
+RATES = ("macro_f1", "auto_precision", "auto_precision_lower", "auto_coverage")
+
+
 def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.3f}"
 
@@ -42,14 +46,20 @@ def metrics_table(title: str, by_modality: dict[str, dict[str, dict]]) -> Table:
     for m in mods:
         table.add_column(f"{m} acc", justify="right")
     last = mods[-1]
-    for col in ("macro-F1", "auto prec", "auto cov", "n"):
+    # "prec ≥": the one-sided 95% lower bound of auto precision; "abstain": items judged out of the
+    # model's domain; "contra": auto tags still contradicting another (0 after joint decoding).
+    for col in ("macro-F1", "auto prec", "prec ≥", "auto cov", "abstain", "contra", "n"):
         table.add_column(f"{last} {col}" if len(mods) > 1 else col, justify="right")
     for axis, mm in by_modality[last].items():
         row = [axis] + [_fmt(headline(by_modality[m].get(axis, {}))) for m in mods]
-        row += [_fmt(mm.get("macro_f1")), _fmt(mm.get("auto_precision")),
-                _fmt(mm.get("auto_coverage")), str(mm.get("n", 0))]
+        row += [_fmt(mm.get(k)) for k in RATES]
+        row += [_count(mm.get("abstentions")), _count(mm.get("contradictions")), str(mm.get("n", 0))]
         table.add_row(*row)
     return table
+
+
+def _count(v: int | None) -> str:
+    return "—" if v is None else str(v)
 
 
 NEVER_SHOWN = 8  # values named per axis in train's never-auto list; the rest are counted
@@ -149,6 +159,8 @@ def predict(
     if as_json:
         out.print_json(json.dumps({
             "model": tagger.version, "modalities": pred.modalities, "image_error": pred.image_error,
+            "novelty": pred.novelty, "abstain_reason": pred.abstain_reason,
+            "contradictions": pred.contradictions,
             "tags": {a: [vars(t) for t in ts] for a, ts in pred.tags.items()},
         }))
         return
@@ -165,6 +177,11 @@ def predict(
     out.print(table)
     if pred.image_error:
         console.print(f"[yellow]image not used:[/] {pred.image_error}")
+    if pred.abstain_reason:
+        console.print(f"[yellow]nothing applied, out of the model's domain:[/] {escape(pred.abstain_reason)}")
+    if pred.contradictions:
+        axes = ", ".join(pred.contradictions)
+        console.print(f"[yellow]sent to review, they contradicted each other:[/] {axes}")
 
 
 def evaluate(

@@ -107,6 +107,14 @@ def infer(
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
 
 
+def _held_back(pred: Any, axis: str) -> str | None:
+    """Why the model held an axis's tags back beyond their scores: the product is out of its domain,
+    or the axis's applied value contradicted another applied tag (both axes go to review)."""
+    if pred.abstain_reason:
+        return "out_of_domain"
+    return "contradiction" if axis in pred.contradictions else None
+
+
 def _result(d: Delivery, pred: Any, image_error: str | None, version: str,
             off: frozenset[audit.Pair] = frozenset(), audit_rate: float = 0.0) -> TaggingResult:
     ev = d.event
@@ -115,9 +123,10 @@ def _result(d: Delivery, pred: Any, image_error: str | None, version: str,
         event_id=ev.event_id, product_id=ev.product_id, seller_id=ev.seller_id, title=ev.title,
         description=ev.description, image_uri=ev.image_uri, locale=ev.locale,
         occurred_at=ev.occurred_at, content_hash=content_hash(ev), model_version=version,
-        image_error=image_error, attempts=d.attempt,
+        image_error=image_error, attempts=d.attempt, novelty=pred.novelty, novelty_reason=pred.abstain_reason,
     )
-    tags = [(axis, t.value, t.score, t.status) for axis, ranked in pred.tags.items() for t in ranked]
+    tags = [(axis, t.value, t.score, t.status, _held_back(pred, axis))
+            for axis, ranked in pred.tags.items() for t in ranked]
     tags = audit.apply(tags, ev.event_id, off, audit_rate)  # switched-off values paused; a sample audited
     try:
         return TaggingResult(**common, tags=tags, status="failed" if pred.error else "tagged",

@@ -44,12 +44,17 @@ def evaluate_records(
     f = Features(tx, tm, ix, im).only(modality)
     probs = tagger.probabilities(f.text, f.text_mask, f.image, f.image_mask)
     y = {a.name: targets(records, a) for a in shared_axes}
+    # What the product applies: out-of-domain items abstain, as in the predictor.
+    texts = [r.text if modality != "image" else "" for r in records]
+    novelty = tagger.novelty(texts, f.text, f.text_mask, f.image, f.image_mask)
+    abstain = novelty.novel if novelty is not None else None
     return {
         "model": tagger.version,
         "dataset": name,
         "modality": modality,
         "n": len(records),
-        "axes": evaluate_probs(shared_axes, probs, y, tagger.consistency, tagger.axes),
+        "abstentions": int(abstain.sum()) if abstain is not None else None,
+        "axes": evaluate_probs(shared_axes, probs, y, tagger.consistency, tagger.axes, abstain),
     }
 
 

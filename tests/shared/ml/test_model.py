@@ -132,10 +132,14 @@ def test_cli_evaluate_writes_the_documented_json(sample_model: Path, sample_mani
     get_settings.cache_clear()
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert set(report) == {"model", "dataset", "modality", "n", "axes"}
+    assert set(report) == {"model", "dataset", "modality", "n", "abstentions", "axes"}
     assert report["dataset"] == "fashion-sample" and report["n"] == 200
     for metrics in report["axes"].values():
-        assert set(metrics) == {"n", "accuracy", "macro_f1", "auto_precision", "auto_coverage"}
+        assert {"n", "accuracy", "estimated_accuracy", "macro_f1", "auto_precision", "auto_precision_lower",
+                "auto_coverage", "abstentions"} <= set(metrics)
+        assert metrics.get("contradictions", 0) == 0
+        if metrics["auto_precision"] is not None:
+            assert metrics["auto_precision_lower"] <= metrics["auto_precision"]
         assert 0 <= metrics["accuracy"] <= 1
 
 
