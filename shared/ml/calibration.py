@@ -22,11 +22,11 @@ import math
 
 import numpy as np
 
+from shared.ml.bounds import CONFIDENCE, precision_lower_bound
 from shared.ml.labels import Axis
 
 NEVER = 1.01  # above any probability: always 'review'
 MIN_AUTO_SCORE = 0.5  # no cut below this: an auto tag is at least more likely than not
-CONFIDENCE = 0.95  # one-sided confidence of the precision lower bound
 _TEMPS = np.exp(np.linspace(np.log(0.25), np.log(8.0), 80))
 
 
@@ -67,24 +67,6 @@ def fit_temperature(axis: Axis, logits: np.ndarray, y: np.ndarray) -> float:
             return float(-(yy * np.log(p) + (1 - yy) * np.log(1 - p)).mean())
 
     return float(min(_TEMPS, key=nll))
-
-
-def precision_lower_bound(
-    hits: np.ndarray | int, n: np.ndarray | int, confidence: float = CONFIDENCE
-) -> np.ndarray:
-    """One-sided Clopper–Pearson lower bound of a precision seen as ``hits`` right out of ``n``:
-    the smallest p under which that many hits or more would happen with probability
-    ``1 - confidence``. Exact (no normal approximation, which is worst near 1, where targets
-    are); 0 where there are no hits. Element-wise over arrays."""
-    from scipy.stats import beta  # here: the predictor imports this module, serving needs no scipy
-
-    hits = np.asarray(hits, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    if np.any(hits < 0) or np.any(hits > n):
-        raise ValueError("need 0 <= hits <= n")
-    some = hits > 0
-    lb = beta.ppf(1.0 - confidence, np.where(some, hits, 1.0), np.where(some, n - hits + 1.0, 1.0))
-    return np.where(some, lb, 0.0)
 
 
 def _floor4(x: float) -> float:

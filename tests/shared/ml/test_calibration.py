@@ -10,11 +10,11 @@ import pytest
 from scipy.stats import binom
 
 from shared.config import Settings
+from shared.ml.bounds import precision_lower_bound
 from shared.ml.calibration import (
     NEVER,
     fit_temperature,
     fit_thresholds,
-    precision_lower_bound,
     softmax,
     value_threshold,
 )
@@ -122,8 +122,9 @@ def test_multi_label_values_are_bounded_over_their_proposals() -> None:
     assert axis.evidence["a"]["proposed"] == (probs[:, 0] >= 0.5).sum()
     assert axis.thresholds["b"] == NEVER
     m = axis_metrics(axis, probs, y)
-    assert set(m) == {"n", "micro_f1", "macro_f1", "auto_precision", "auto_coverage"}
-    assert m["auto_precision"] >= 0.9
+    assert set(m) == {"n", "micro_f1", "macro_f1", "auto_precision", "auto_precision_lower", "auto_coverage",
+                      "abstentions"}
+    assert m["auto_precision"] >= 0.9 and m["auto_precision_lower"] <= m["auto_precision"]
 
 
 def test_evidence_round_trips_and_older_axes_still_load() -> None:
