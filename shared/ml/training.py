@@ -27,7 +27,7 @@ from shared.ml.head_training import Features, HeadTrainConfig, train_head
 from shared.ml.image_encoder import ImageEncoder
 from shared.ml.labels import Axis, build_axes, targets
 from shared.ml.manifest import ModelManifest
-from shared.ml.novelty import fit_guard
+from shared.ml.novelty import NoveltyGuard, fit_guard
 from shared.ml.split import duplicate_groups, grouped_split
 from shared.ml.text_encoder import TextEncoder
 from shared.ml.text_tuning import tune_text_encoder
@@ -188,6 +188,17 @@ def calibration_scores(
                           "confidence": cfg.confidence, **log}
 
 
+def _validation_report(head: FusionHead, axes: list[Axis], f: Features, y: dict[str, np.ndarray],
+                       device: torch.device, guard: NoveltyGuard, consistency: Consistency,
+                       texts: list[str], text_enc: TextEncoder, modality: str) -> dict:
+    """The validation metrics of what the product would apply: abstaining out of domain and
+    decoding auto tags jointly, as the predictor does (shared.ml.evaluation)."""
+    if modality == "image":
+        texts = [""] * len(texts)
+    nov = guard.score(texts, f.text, f.text_mask, f.image, f.image_mask, text_enc.tokenizer)
+    return evaluate_probs(axes, logits_to_probs(head, axes, f, device), y, consistency, axes, nov.novel)
+
+
 def train(
     manifest_path: str | Path, out_dir: str | Path, settings: Settings | None = None,
     cfg: TrainConfig | None = None, show_progress: bool = True,
@@ -248,17 +259,15 @@ def train_prepared(
         fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence)
     timings["calibration_s"] = time.perf_counter() - t0  # with cross-fitting's fold models
 
-    report = {
-        m: evaluate_probs(axes, logits_to_probs(head, axes, part["validation"].only(m), device),
-                          ys["validation"])
-        for m in MODALITIES
-    }
     # Novelty guard (shared.ml.novelty): items unlike the training data never get auto tags.
     guard = fit_guard(feats, data.parts, texts, text_enc.tokenizer, image_enc.backbone_dim, cfg.seed)
     # Consistent tags (shared.ml.consistency): contradicting value pairs, from every label the
     # model may learn from (train + calibration, never validation).
     seen = np.concatenate([data.parts["train"], data.parts["calibration"]])
     consistency = Consistency.fit(axes, {a.name: y[a.name][seen] for a in axes})
+    report = {m: _validation_report(head, axes, part["validation"].only(m), ys["validation"], device, guard,
+                                    consistency, [texts[i] for i in data.parts["validation"]], text_enc, m)
+              for m in MODALITIES}
     timings["total_s"] = time.perf_counter() - started
     created = datetime.now(UTC)
     version = f"{data.name}-{created:%Y%m%d%H%M%S}-{data.fingerprint[:6]}"
