@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -111,24 +112,31 @@ def show(version: Annotated[str, typer.Argument(help="Version to show.")]) -> No
     typer.echo(json.dumps(doc, indent=2))  # plain JSON: for scripts and jq, never wrapped or coloured
 
 
-@models_app.command()
-def promote(
-    version: Annotated[str, typer.Argument(help="Version to make live.")],
-    reason: Annotated[str, typer.Option(help="Why; recorded on the row.")] = "promoted by an operator",
-) -> None:
-    """Verify a version's artifact from the store, then make it live (the live one is retired)."""
+def _change_live(change: Callable[[Any, Any], Any]) -> tuple[str | None, Any]:
+    """Run ``change(session, store)`` in one transaction; returns the version live before it and
+    what ``change`` returned. Errors end the command with their message."""
     from shared.db.session import session_scope
     from shared.registry import live_version
-    from shared.registry import promote as do_promote
 
     try:
         store = _store()
         with session_scope() as session:
             before = live_version(session)
             previous = before.version if before else None
-            do_promote(session, store, version, reason)
+            return previous, change(session, store)
     except (TaggerError, SQLAlchemyError) as exc:
         raise _fail(exc) from None
+
+
+@models_app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Version to make live.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded on the row.")] = "promoted by an operator",
+) -> None:
+    """Verify a version's artifact from the store, then make it live (the live one is retired)."""
+    from shared.registry import promote as do_promote
+
+    previous, _ = _change_live(lambda session, store: do_promote(session, store, version, reason))
     out.print(f"{version} is live (was: {previous or 'none'})")
 
 
@@ -137,18 +145,9 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why; recorded on both rows.")] = "rolled back by an operator",
 ) -> None:
     """Retire the live version and restore the one live before it (its artifact verified first)."""
-    from shared.db.session import session_scope
-    from shared.registry import live_version
     from shared.registry import rollback as do_rollback
 
-    try:
-        store = _store()
-        with session_scope() as session:
-            before = live_version(session)
-            previous = before.version if before else None
-            restored = do_rollback(session, store, reason).version
-    except (TaggerError, SQLAlchemyError) as exc:
-        raise _fail(exc) from None
+    previous, restored = _change_live(lambda session, store: do_rollback(session, store, reason).version)
     out.print(f"{restored} is live again ({previous} retired)")
 
 
