@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from shared.errors import ManifestError
 from shared.ml.dataset import Record, load_manifest, load_records, read_images
-from shared.ml.evaluation import evaluate_probs, headline
+from shared.ml.evaluation import evaluate_probs
 from shared.ml.features import image_features, text_features
 from shared.ml.head_training import Features
 from shared.ml.labels import targets
@@ -56,8 +54,3 @@ def evaluate_records(
         "abstentions": int(abstain.sum()) if abstain is not None else None,
         "axes": evaluate_probs(shared_axes, probs, y, tagger.consistency, tagger.axes, abstain),
     }
-
-
-def mean_headline(metrics: dict[str, dict]) -> float:
-    vals = [headline(m) for m in metrics.values() if headline(m) is not None]
-    return float(np.mean(vals)) if vals else 0.0
