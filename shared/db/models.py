@@ -19,7 +19,7 @@ TAG_SOURCES = ("model", "human")
 # anything the model was trained on, or the tag contradicted another applied tag of the product;
 # or the live audit (shared/audit.py): 'audit' marks an applied ('auto') tag sampled for a person to
 # check, 'paused' a tag held back because its value is switched off (auto_switches).
-REVIEW_REASONS = ("out_of_domain", "contradiction", "audit", "paused")
+REVIEW_REASONS = ("out_of_domain", "contradiction", "disagreement", "audit", "paused")
 AUDIT_REASONS = ("audit", "paused")  # people's decisions on these rows measure live precision
 EVENT_STATUSES = ("received", "tagged", "failed", "dead")
 MODEL_VERSION_STATUSES = ("candidate", "live", "retired", "rejected")
@@ -91,6 +91,9 @@ class ProductTag(Base):
     model_version: Mapped[str | None]
     # Why a model tag is 'review' beyond its score (one of REVIEW_REASONS); NULL: the score decided.
     reason: Mapped[str | None]
+    # Why the model said so (migration 0005): input shares and single-input predictions; NULL for
+    # human rows and older rows.
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     product: Mapped[Product] = relationship(back_populates="tags")
