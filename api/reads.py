@@ -33,6 +33,25 @@ APPLIED_STATUSES = ("auto", "confirmed")  # the tags a product "has": the model'
 MAX_LIMIT = 1000
 
 
+class SingleInput(BaseModel):
+    """What one input alone would have said on the tag's axis: its top value and calibrated score."""
+
+    value: str
+    score: float
+
+
+class TagEvidence(BaseModel):
+    """Why the model named a tag (stored with it; null for human rows and tags written before)."""
+
+    shares: dict[str, float] | None = Field(
+        None, description="The share each input had in the decision on this axis ('title', 'photo'; "
+        "they sum to 1): the fusion head's gate weights.")
+    title_only: SingleInput | None = Field(
+        None, description="The title alone's top value; only when the product had a title and a photo.")
+    photo_only: SingleInput | None = Field(
+        None, description="The photo alone's top value; only when the product had a title and a photo.")
+
+
 class Tag(BaseModel):
     """One tag row of a product, model-proposed or human-decided."""
 
@@ -45,9 +64,11 @@ class Tag(BaseModel):
     reason: str | None = Field(
         None, description="Why the tag is in the review queue beyond its score: 'out_of_domain' (the "
         "product is unlike the model's training data), 'contradiction' (it contradicted another applied "
-        "tag of the product), 'paused' (its value's auto-apply is switched off by the live audit), or "
+        "tag of the product), 'disagreement' (the title alone and the photo alone named different "
+        "values), 'paused' (its value's auto-apply is switched off by the live audit), or "
         "'audit' (an APPLIED auto tag sampled for a person to check); null when the score alone decided. "
         "Kept after a person decides. New values may be added.")
+    evidence: TagEvidence | None = Field(None, description="Why the model named it.")
     updated_at: datetime
 
 
@@ -113,7 +134,8 @@ def product_tags(request: Request, product_id: str) -> ProductTags:
             product_id=product.product_id, model_version=product.model_version,
             novelty=product.novelty, novelty_reason=product.novelty_reason,
             tags=[Tag(axis=t.axis, value=t.value, score=t.score, status=t.status, source=t.source,
-                      model_version=t.model_version, reason=t.reason, updated_at=t.updated_at)
+                      model_version=t.model_version, reason=t.reason, evidence=t.evidence,
+                      updated_at=t.updated_at)
                   for t in rows],
         )
 

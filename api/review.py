@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, aliased
 from api.auth import require
 from api.errors import AUTH_ERRORS, InvalidParameter, NotFound, responses
 from api.paging import NotAKey, decode_cursor, encode_cursor
+from api.reads import TagEvidence
 from api.reads import taxonomy as served_taxonomy
 from api.state import get_state
 from shared.audit import after_decisions, is_audit_row
@@ -44,7 +45,8 @@ class Candidate(BaseModel):
     reason: str | None = Field(
         None, description="Why this value is here beyond its score: 'audit' (the model applied it; a "
         "sample a person checks), 'paused' (its score would have applied it, but the live audit switched "
-        "the value off), 'out_of_domain' or 'contradiction' (held back); null: the score alone.")
+        "the value off), 'out_of_domain', 'contradiction' or 'disagreement' (held back); null: the "
+        "score alone.")
 
 
 class ReviewItem(BaseModel):
@@ -56,6 +58,9 @@ class ReviewItem(BaseModel):
     axis: str
     candidates: list[Candidate]
     model_version: str | None
+    evidence: TagEvidence | None = Field(
+        None, description="Why the model proposed these values: the share of title and photo, and, "
+        "when the product had both, what each alone would have said (they may disagree).")
     audit: bool = Field(
         False, description="An audit item: its candidates include a tag the model applied (reason "
         "'audit') or would have applied but for a switched-off value (reason 'paused'). Decisions on "
@@ -256,6 +261,7 @@ def review_queue(
                 product_id=row.product_id, title=row.title, image_uri=row.image_uri, axis=row.axis,
                 candidates=[Candidate(value=t.value, score=t.score, reason=t.reason) for t in best],
                 model_version=best[0].model_version if best else None, audit=row.audit,
+                evidence=best[0].evidence if best else None,
             ))
     next_cursor = encode_cursor(rows[-1].cursor) if more else None
     return ReviewPage(items=items, next_cursor=next_cursor)

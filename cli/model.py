@@ -160,8 +160,9 @@ def predict(
         out.print_json(json.dumps({
             "model": tagger.version, "modalities": pred.modalities, "image_error": pred.image_error,
             "novelty": pred.novelty, "abstain_reason": pred.abstain_reason,
-            "contradictions": pred.contradictions,
+            "contradictions": pred.contradictions, "disagreements": pred.disagreements,
             "tags": {a: [vars(t) for t in ts] for a, ts in pred.tags.items()},
+            "evidence": pred.evidence,
         }))
         return
     table = Table(title=f"model {tagger.version} — from {' + '.join(pred.modalities)}")
@@ -169,11 +170,14 @@ def predict(
     table.add_column("value")
     table.add_column("score", justify="right")
     table.add_column("status")
+    table.add_column("title / photo share")
     for axis, ranked in pred.tags.items():
+        shares = pred.evidence.get(axis, {}).get("shares")
+        why = f"{shares['title']:.2f} / {shares['photo']:.2f}" if shares else ""
         for k, t in enumerate(ranked):
             style = "green" if t.status == "auto" else "yellow"
             table.add_row(axis if k == 0 else "", t.value, f"{t.score:.3f}",
-                          f"[{style}]{t.status}[/]")
+                          f"[{style}]{t.status}[/]", why if k == 0 else "")
     out.print(table)
     if pred.image_error:
         console.print(f"[yellow]image not used:[/] {pred.image_error}")
@@ -182,6 +186,11 @@ def predict(
     if pred.contradictions:
         axes = ", ".join(pred.contradictions)
         console.print(f"[yellow]sent to review, they contradicted each other:[/] {axes}")
+    for axis in pred.disagreements:
+        ev = pred.evidence[axis]
+        console.print(f"[yellow]{axis} sent to review, title and photo disagree:[/] title alone "
+                      f"{escape(ev['title_only']['value'])} ({ev['title_only']['score']:.2f}), photo "
+                      f"alone {escape(ev['photo_only']['value'])} ({ev['photo_only']['score']:.2f})")
 
 
 def evaluate(

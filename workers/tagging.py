@@ -109,9 +109,12 @@ def infer(
 
 def _held_back(pred: Any, axis: str) -> str | None:
     """Why the model held an axis's tags back beyond their scores: the product is out of its domain,
-    or the axis's applied value contradicted another applied tag (both axes go to review)."""
+    its title and photo alone named different values, or the axis's applied value contradicted
+    another applied tag (both axes go to review)."""
     if pred.abstain_reason:
         return "out_of_domain"
+    if axis in pred.disagreements:
+        return "disagreement"
     return "contradiction" if axis in pred.contradictions else None
 
 
@@ -125,7 +128,7 @@ def _result(d: Delivery, pred: Any, image_error: str | None, version: str,
         occurred_at=ev.occurred_at, content_hash=content_hash(ev), model_version=version,
         image_error=image_error, attempts=d.attempt, novelty=pred.novelty, novelty_reason=pred.abstain_reason,
     )
-    tags = [(axis, t.value, t.score, t.status, _held_back(pred, axis))
+    tags = [(axis, t.value, t.score, t.status, _held_back(pred, axis), pred.evidence.get(axis) or None)
             for axis, ranked in pred.tags.items() for t in ranked]
     tags = audit.apply(tags, ev.event_id, off, audit_rate)  # switched-off values paused; a sample audited
     try:

@@ -158,6 +158,25 @@ function auditBadge(item) {
   });
 }
 
+/** Why the model proposed these values: how much it leaned on title vs photo, and — when the two
+ *  alone name different values — what each would have said (a disagreement sends the axis here). */
+function evidenceNote(item) {
+  const ev = item.evidence;
+  if (!ev) return null;
+  const parts = [];
+  if (ev.shares) {
+    const pct = (x) => `${Math.round(100 * x)}%`;
+    parts.push(el("span", { className: "shares", textContent:
+      `title ${pct(ev.shares.title ?? 0)} · photo ${pct(ev.shares.photo ?? 0)}` }));
+  }
+  const t = ev.title_only, p = ev.photo_only;
+  if (t && p && t.value !== p.value) {
+    parts.push(el("span", { className: "disagree", textContent:
+      ` — title alone: ${t.value} (${t.score.toFixed(2)}), photo alone: ${p.value} (${p.score.toFixed(2)})` }));
+  }
+  return parts.length ? el("p", { className: "evidence" }, ...parts) : null;
+}
+
 function card(item, index) {
   const others = item.candidates.slice(1).map((c) => el("option", { value: c.value }));
   const listId = `values-${index}`;
@@ -184,6 +203,7 @@ function card(item, index) {
         el("span", { className: "axis", textContent: item.axis }), " · ",
         el("code", { className: "product", textContent: item.product_id }),
         item.model_version ? ` · model ${item.model_version}` : null, auditBadge(item)),
+      evidenceNote(item),
       el("ol", { className: "candidates" }, ...item.candidates.map((c, n) => candidateRow(item, c, n))),
       el("div", { className: "actions" },
         el("button", { type: "button", className: "reject", onclick: () => reject(item) },

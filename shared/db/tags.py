@@ -29,13 +29,15 @@ _tags = cast(sa.Table, ProductTag.__table__)
 
 class ModelTag(NamedTuple):
     """One tag the model proposes: ``status`` is ``auto`` (applied) or ``review``; ``reason`` says why
-    a ``review`` tag was held back beyond its score (one of REVIEW_REASONS), None when the score did."""
+    a ``review`` tag was held back beyond its score (one of REVIEW_REASONS), None when the score did;
+    ``evidence`` says why the model named it (input shares, single-input values; migration 0005)."""
 
     axis: str
     value: str
     score: float
     status: str
     reason: str | None = None
+    evidence: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,8 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
                 continue  # the model named the same tag twice: keep the higher score
             rows[key] = {"product_id": result.product_id, "axis": tag.axis, "value": tag.value,
                          "score": float(tag.score), "status": tag.status, "source": "model",
-                         "model_version": result.model_version, "reason": tag.reason, "updated_at": now}
+                         "model_version": result.model_version, "reason": tag.reason,
+                         "evidence": tag.evidence, "updated_at": now}
     if not rows:
         return
     # After the delete only human rows can conflict, and a human decision always wins.

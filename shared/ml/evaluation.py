@@ -26,10 +26,11 @@ def _auto_summary(correct: np.ndarray, auto: np.ndarray) -> dict:
 
 
 def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray | None = None,
-                 abstain: np.ndarray | None = None) -> dict:
+                 abstain: np.ndarray | None = None, withheld: np.ndarray | None = None) -> dict:
     """Metrics over the items labelled on ``axis``; a label the model does not know is an error.
     ``auto`` (single-label, per item): whether its top value is auto-applied; default: its score
     reaches its threshold. ``abstain`` (per item): out of the model's domain, so nothing is applied.
+    ``withheld`` (per item, single-label): the axis's own tag held back (title and photo disagreed).
     ``estimated_accuracy`` is what the workers report without labels (the mean calibrated top-1
     score, shared.ml.live_accuracy): beside ``accuracy`` it shows the estimate's error."""
     if abstain is None:
@@ -46,7 +47,8 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
         truth = np.where(yy < 0, unknown, yy)
         correct = top == truth
         thr = np.array([axis.threshold(v) for v in axis.values])
-        auto = (score >= thr[top] if auto is None else auto[keep]) & ~abstain[keep]
+        held = np.zeros(n, bool) if withheld is None else withheld[keep]
+        auto = (score >= thr[top] if auto is None else auto[keep]) & ~abstain[keep] & ~held
         present = np.union1d(np.unique(truth), np.unique(top))
         return {
             "n": n,
@@ -56,6 +58,7 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
                                              zero_division=0)), 4),
             **_auto_summary(correct, auto),
             "abstentions": int(abstain[keep].sum()),
+            "disagreements": int(held.sum()),
         }
     keep = (y >= 0).all(axis=1)
     p, yy = probs[keep], y[keep]
@@ -80,22 +83,27 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
 def evaluate_probs(
     axes: list[Axis], probs: dict[str, np.ndarray], y: dict[str, np.ndarray],
     consistency: Consistency | None = None, all_axes: list[Axis] | None = None,
-    abstain: np.ndarray | None = None,
+    abstain: np.ndarray | None = None, withheld: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict]:
     """Metrics per axis of ``axes`` labelled in ``y``. With ``consistency``, auto tags are decoded
     jointly over ``all_axes`` (default ``axes``: every axis the model tags, labelled or not) and
     each single-label axis also gets ``contradictions`` (items whose auto tag on it still
     contradicts another auto tag: 0, checked, not assumed) and ``contradiction_reviews`` (items
     whose auto tag on it went to review because it contradicted another), over every item.
-    ``abstain`` (per item): items the model judged out of its domain; none of their tags is applied."""
+    ``abstain`` (per item): items the model judged out of its domain; none of their tags is applied.
+    ``withheld`` (per single-label axis, per item): that axis applies nothing (its inputs disagreed,
+    shared.ml.evidence); the predictor withholds them before the joint decoding, and so does this."""
+    withheld = withheld or {}
     if consistency is None:
-        return {a.name: axis_metrics(a, probs[a.name], y[a.name], abstain=abstain)
+        return {a.name: axis_metrics(a, probs[a.name], y[a.name], abstain=abstain,
+                                     withheld=withheld.get(a.name))
                 for a in axes if a.name in y}
     decoded = [a for a in (all_axes or axes) if a.name in probs]
     thresholds = {a.name: np.array([a.threshold(v) for v in a.values]) for a in decoded}
     auto = top_auto(decoded, probs, thresholds)
     if abstain is not None:  # as in the predictor: an abstained item applies nothing, so contradicts nothing
         auto = {name: m & ~abstain[:, None] for name, m in auto.items()}
+    auto = {name: m & ~withheld[name][:, None] if name in withheld else m for name, m in auto.items()}
     after, contradicted = consistency.resolve(decoded, auto)
     left = consistency.conflicts(decoded, after)
     out = {}
@@ -105,7 +113,8 @@ def evaluate_probs(
         if a.name not in after:  # multi-label: not decoded jointly
             out[a.name] = axis_metrics(a, probs[a.name], y[a.name], abstain=abstain)
             continue
-        out[a.name] = axis_metrics(a, probs[a.name], y[a.name], after[a.name].any(axis=1), abstain)
+        out[a.name] = axis_metrics(a, probs[a.name], y[a.name], after[a.name].any(axis=1), abstain,
+                                   withheld.get(a.name))
         if out[a.name]["n"]:
             out[a.name]["contradictions"] = int(left[a.name].sum())
             out[a.name]["contradiction_reviews"] = int(contradicted[a.name].sum())

@@ -88,11 +88,31 @@ class FusionHead(nn.Module):
         if self.cfg.fusion == "concat":
             z = self.trunk(torch.cat([t, i, masks], dim=-1))
             return {a: self.outs[a](z) for a in self.axes}
+        out, _ = self._gated(t, i, masks)
+        return out
+
+    def _gated(self, t: torch.Tensor, i: torch.Tensor, masks: torch.Tensor,
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         both = torch.cat([t, i, masks], dim=-1)
         absent = (masks == 0) & (masks.sum(-1, keepdim=True) > 0)  # keep one slot if none present
-        out = {}
+        out, gates = {}, {}
         for a in self.axes:
             g = self.gates[a](both).masked_fill(absent, -1e4).softmax(-1)
             mix = g[:, :1] * t + g[:, 1:] * i
             out[a] = self.mlps[a](torch.cat([mix, t * i], dim=-1))
-        return out
+            gates[a] = g
+        return out, gates
+
+    def gate_weights(
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> dict[str, torch.Tensor] | None:
+        """Per axis, each item's (text, image) weights: the share each input had in the decision
+        (a tag's evidence). None for the concat head, which has no gate to read."""
+        if self.cfg.fusion != "gated":
+            return None
+        mt = text_mask.float().unsqueeze(-1)
+        mi = image_mask.float().unsqueeze(-1)
+        t = self.text(text) * mt
+        i = self.image((image - self.image_mean) / self.image_std) * mi
+        return self._gated(t, i, torch.cat([mt, mi], dim=-1))[1]

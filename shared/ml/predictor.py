@@ -15,6 +15,7 @@ from shared.ml.artifact import Artifact, load_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import probabilities
 from shared.ml.consistency import Consistency
+from shared.ml.evidence import Evidence, input_evidence
 from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
@@ -57,6 +58,8 @@ class Prediction:
     novelty: float | None = None
     abstain_reason: str | None = None
     contradictions: list[str] = field(default_factory=list)  # axes whose auto tags contradicted
+    disagreements: list[str] = field(default_factory=list)  # axes whose title and photo disagreed
+    evidence: dict[str, dict] = field(default_factory=dict)  # per axis: shares, single-input values
 
     def top(self, axis: str) -> TagScore | None:
         ranked = self.tags.get(axis) or []
@@ -167,6 +170,12 @@ class Tagger:
             for a in self.axes
         }
 
+    def evidence(self, text: np.ndarray, text_mask: np.ndarray, image: np.ndarray,
+                 image_mask: np.ndarray) -> Evidence:
+        """Input shares and single-input predictions of ready-made features (shared.ml.evidence);
+        evaluation withholds the same disagreements as :meth:`predict`."""
+        return input_evidence(self.head, self.axes, text, text_mask, image, image_mask, self.device)
+
     def features(self, items: list[Item], watch: Stopwatch | None = None) -> tuple[np.ndarray, ...]:
         """Text and image features; ``watch`` gets "decode" (photos) and "encode" (both encoders)."""
         watch = watch or Stopwatch()
@@ -191,7 +200,8 @@ class Tagger:
         watch = watch or Stopwatch()
         tx, tm, ix, im, errors = self.features(items, watch)
         with watch.stage("head"):
-            preds = self._rank(items, self.probabilities(tx, tm, ix, im), tm, im, errors, top_k)
+            preds = self._rank(items, self.probabilities(tx, tm, ix, im), tm, im, errors, top_k,
+                               self.evidence(tx, tm, ix, im))
             return self._abstain(preds, self.novelty([it.text or "" for it in items], tx, tm, ix, im))
 
     def novelty(self, texts: list[str], tx: np.ndarray, tm: np.ndarray, ix: np.ndarray,
@@ -219,8 +229,10 @@ class Tagger:
         return preds
 
     def _rank(self, items: list[Item], probs: dict[str, np.ndarray], tm: np.ndarray, im: np.ndarray,
-              errors: list[str | None], top_k: int) -> list[Prediction]:
-        """Top-k values per axis with auto/review status, from calibrated probabilities."""
+              errors: list[str | None], top_k: int, ev: Evidence) -> list[Prediction]:
+        """Top-k values per axis with auto/review status, from calibrated probabilities; an axis
+        whose title and photo alone disagree applies nothing (``disagreements``)."""
+        disagree = ev.disagreements()
         preds = []
         for k in range(len(items)):
             p = Prediction(image_error=errors[k],
@@ -237,6 +249,11 @@ class Tagger:
                              AUTO if row[j] >= a.threshold(a.values[j]) else REVIEW)
                     for j in order
                 ]
+                p.evidence[a.name] = ev.item(k, a)
+                if a.name in disagree and disagree[a.name][k]:
+                    p.disagreements.append(a.name)
+                    for t in p.tags[a.name]:
+                        t.status = REVIEW
             preds.append(p)
         return self._consistent(preds)
 

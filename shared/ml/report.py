@@ -46,11 +46,13 @@ def evaluate_records(
     texts = [r.text if modality != "image" else "" for r in records]
     novelty = tagger.novelty(texts, f.text, f.text_mask, f.image, f.image_mask)
     abstain = novelty.novel if novelty is not None else None
+    withheld = tagger.evidence(f.text, f.text_mask, f.image, f.image_mask).disagreements()
     return {
         "model": tagger.version,
         "dataset": name,
         "modality": modality,
         "n": len(records),
         "abstentions": int(abstain.sum()) if abstain is not None else None,
-        "axes": evaluate_probs(shared_axes, probs, y, tagger.consistency, tagger.axes, abstain),
+        "axes": evaluate_probs(shared_axes, probs, y, tagger.consistency, tagger.axes, abstain,
+                               withheld),
     }

@@ -21,6 +21,7 @@ from shared.ml.consistency import Consistency
 from shared.ml.cross_fit import cross_fit_logits, head_logits
 from shared.ml.dataset import AxisKind, Record, content_hash, load_manifest, load_records, read_images
 from shared.ml.evaluation import evaluate_probs
+from shared.ml.evidence import input_evidence
 from shared.ml.features import image_features, text_features
 from shared.ml.head import FusionHead
 from shared.ml.head_training import Features, HeadTrainConfig, train_head
@@ -196,7 +197,10 @@ def _validation_report(head: FusionHead, axes: list[Axis], f: Features, y: dict[
     if modality == "image":
         texts = [""] * len(texts)
     nov = guard.score(texts, f.text, f.text_mask, f.image, f.image_mask, text_enc.tokenizer)
-    return evaluate_probs(axes, logits_to_probs(head, axes, f, device), y, consistency, axes, nov.novel)
+    withheld = input_evidence(head, axes, f.text, f.text_mask, f.image, f.image_mask,
+                              device).disagreements()
+    return evaluate_probs(axes, logits_to_probs(head, axes, f, device), y, consistency, axes,
+                          nov.novel, withheld)
 
 
 def train(

@@ -22,6 +22,8 @@ from shared.storage import LocalStore
 from tests.api.conftest import LIMITS, REDIS_URL
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+NAVY_EVIDENCE = {"shares": {"title": 0.3, "photo": 0.7}, "title_only": {"value": "Blue", "score": 0.81},
+                 "photo_only": {"value": "Navy", "score": 0.93}}
 DEFAULT_MANIFEST = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())
 
 
@@ -29,7 +31,7 @@ def auth(tokens: dict[str, str], role: str = "reader") -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens[role]}"}
 
 
-def result(product_id: str, tags: tuple[tuple[str, str, float, str], ...], **changes: Any) -> TaggingResult:
+def result(product_id: str, tags: tuple[tuple[Any, ...], ...], **changes: Any) -> TaggingResult:
     base = TaggingResult(
         event_id=f"e-{product_id}", product_id=product_id, seller_id="s1", title=f"Product {product_id}",
         description=None, image_uri=None, locale="en-GB", occurred_at=T0, content_hash=f"h-{product_id}",
@@ -44,7 +46,8 @@ def catalogue(db: str) -> None:
     statuses and scores; p8: Black rejected by a person."""
     with session_scope(db) as session:
         apply_batch(session, [
-            result("p1", (("colour", "Navy", 0.97, "auto"), ("type", "Shoes", 0.62, "review"),
+            result("p1", (("colour", "Navy", 0.97, "auto", None, NAVY_EVIDENCE),
+                          ("type", "Shoes", 0.62, "review"),
                           ("type", "Boots", 0.30, "review"), ("colour", "Blue", 0.40, "review"))),
             *[result(f"p{n}", (("colour", "Black", score, status),), model_version="v2")
               for n, score, status in [(2, 0.99, "auto"), (3, 0.45, "review"), (4, 0.98, "auto"),
@@ -72,8 +75,11 @@ def test_product_tags_shape_and_order(client: TestClient, tokens: dict[str, str]
         ("type", "Boots", 0.30, "review", "model"),
     ]
     tag = body["tags"][0]
-    assert set(tag) == {"axis", "value", "score", "status", "source", "model_version", "reason", "updated_at"}
+    assert set(tag) == {"axis", "value", "score", "status", "source", "model_version", "reason",
+                        "evidence", "updated_at"}
     assert tag["model_version"] == "v1" and tag["reason"] is None
+    assert tag["evidence"] == NAVY_EVIDENCE  # stored with the tag, returned as written
+    assert body["tags"][1]["evidence"] is None  # a tag written without any
     assert (body["novelty"], body["novelty_reason"]) == (None, None)  # this catalogue was written without
     datetime.fromisoformat(tag["updated_at"])
 

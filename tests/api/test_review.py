@@ -29,7 +29,12 @@ def auth(tokens: dict[str, str], role: str = "reviewer") -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens[role]}"}
 
 
-def result(product_id: str, tags: tuple[tuple[str, str, float, str], ...]) -> TaggingResult:
+# r1's title says Blue, its photo Navy: the model sent the axis to review (reason 'disagreement').
+R1_EVIDENCE = {"shares": {"title": 0.55, "photo": 0.45}, "title_only": {"value": "Blue", "score": 0.9},
+               "photo_only": {"value": "Navy", "score": 0.88}}
+
+
+def result(product_id: str, tags: tuple[tuple[Any, ...], ...]) -> TaggingResult:
     return TaggingResult(
         event_id=f"e-{product_id}", product_id=product_id, seller_id="s1", title=f"Product {product_id}",
         description=None, image_uri=f"file:///img/{product_id}.jpg", locale="en-GB", occurred_at=T0,
@@ -43,7 +48,8 @@ def catalogue(db: str) -> None:
     sure colour (auto) whose runners-up are review rows scored ~0: not uncertain, not queued."""
     with session_scope(db) as session:
         apply_batch(session, [
-            result("r1", (("colour", "Blue", 0.60, "review"), ("colour", "Navy", 0.35, "review"),
+            result("r1", (("colour", "Blue", 0.60, "review", "disagreement", R1_EVIDENCE),
+                          ("colour", "Navy", 0.35, "review", "disagreement", R1_EVIDENCE),
                           ("colour", "Teal", 0.20, "review"), ("colour", "Grey", 0.10, "review"),
                           ("type", "Shoes", 0.95, "auto"))),
             result("r2", (("colour", "Black", 0.45, "review"), ("colour", "Grey", 0.40, "review"),
@@ -81,9 +87,9 @@ def test_queue_has_only_review_items_most_uncertain_first(
     assert body["next_cursor"] is None
     r1 = body["items"][-1]
     assert r1 == {"product_id": "r1", "title": "Product r1", "image_uri": "file:///img/r1.jpg",
-                  "axis": "colour", "model_version": "v1", "audit": False,
-                  "candidates": [{"value": "Blue", "score": 0.60, "reason": None},
-                                 {"value": "Navy", "score": 0.35, "reason": None},
+                  "axis": "colour", "model_version": "v1", "audit": False, "evidence": R1_EVIDENCE,
+                  "candidates": [{"value": "Blue", "score": 0.60, "reason": "disagreement"},
+                                 {"value": "Navy", "score": 0.35, "reason": "disagreement"},
                                  {"value": "Teal", "score": 0.20, "reason": None}]}
 
 

@@ -235,3 +235,34 @@ def test_page_is_public_no_data_and_out_of_the_schema(client: TestClient) -> Non
     paths = client.get("/openapi.json").json()["paths"]
     assert "/review" not in paths and not any(p.startswith("/static") for p in paths)
     assert "/v1/products/{product_id}/image" in paths
+
+
+def test_a_disagreement_shows_what_title_and_photo_each_said(page: Any, base_url: str,
+                                                             tokens: dict[str, str], db: str) -> None:
+    """A tag sent to review because its title and photo disagree shows the input shares and what
+    each alone named; an item whose inputs agree shows the shares only."""
+    from playwright.sync_api import expect
+
+    split = {"shares": {"title": 0.62, "photo": 0.38}, "title_only": {"value": "Blue", "score": 0.93},
+             "photo_only": {"value": "Black", "score": 0.9}}
+    agree = {"shares": {"title": 0.8, "photo": 0.2}, "title_only": {"value": "Red", "score": 0.9},
+             "photo_only": {"value": "Red", "score": 0.7}}
+
+    def result(product_id: str, tags: tuple[tuple[object, ...], ...]) -> TaggingResult:
+        return TaggingResult(event_id=f"e-{product_id}", product_id=product_id, seller_id="s1",
+                             title=f"Product {product_id}", description=None, image_uri=None, locale=None,
+                             occurred_at=T0, content_hash=f"h-{product_id}", model_version="v1", tags=tags)
+
+    with session_scope(db) as session:
+        apply_batch(session, [
+            result("d1", (("colour", "Blue", 0.97, "review", "disagreement", split),
+                          ("colour", "Black", 0.02, "review", "disagreement", split))),
+            result("g1", (("colour", "Red", 0.55, "review", None, agree),)),
+        ])
+    page.goto(f"{base_url}/review")
+    page.fill("#key", tokens["reviewer"])
+    page.keyboard.press("Enter")
+    expect(page.locator("article.item")).to_have_count(2)
+    expect(card(page, "d1").locator(".evidence")).to_have_text(
+        "title 62% · photo 38% — title alone: Blue (0.93), photo alone: Black (0.90)")
+    expect(card(page, "g1").locator(".evidence")).to_have_text("title 80% · photo 20%")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.workers.stack import Images, Stack, event
 
 
@@ -25,6 +27,12 @@ def test_junk_is_stored_with_its_novelty_and_nothing_applied(main_stack: Stack, 
     assert product is not None and product["novelty"] < 1.0 and product["novelty_reason"] is None
     # In domain: held back, if at all, by its scores alone (a 200-product model has too little
     # evidence to auto-apply anything under the precision guarantee).
-    reasons = {r["reason"] for r in main_stack.db.rows(
-        "SELECT reason FROM product_tags WHERE product_id = :p", p=normal["product_id"])}
-    assert reasons == {None}
+    rows = main_stack.db.rows("SELECT reason, evidence FROM product_tags WHERE product_id = :p",
+                              p=normal["product_id"])
+    assert {r["reason"] for r in rows} == {None}
+    # Each tag carries its evidence: the input shares, and with a title and a photo what each
+    # alone would have said.
+    for r in rows:
+        ev = r["evidence"] if isinstance(r["evidence"], dict) else json.loads(r["evidence"])
+        assert abs(ev["shares"]["title"] + ev["shares"]["photo"] - 1) < 1e-3
+        assert {"value", "score"} <= set(ev["title_only"]) and {"value", "score"} <= set(ev["photo_only"])

@@ -1,0 +1,88 @@
+"""Each tag's evidence: input shares from the gate, single-input predictions, and disagreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.config import Settings
+from shared.ml.dataset import load_manifest, load_records, read_images
+from shared.ml.evaluation import evaluate_probs
+from shared.ml.evidence import Evidence
+from shared.ml.labels import Axis
+from shared.ml.predictor import AUTO, Item, Tagger
+
+
+@pytest.fixture(scope="module")
+def shipped(settings: Settings) -> Tagger:
+    return Tagger.load(settings=settings)
+
+
+@pytest.fixture(scope="module")
+def sample(sample_manifest):
+    m = load_manifest(sample_manifest)
+    recs = load_records(m)
+    imgs = read_images(m, [r.image_ref for r in recs])
+    return recs, [imgs[r.image_ref] for r in recs]
+
+
+def test_every_tag_has_its_input_shares(shipped: Tagger, sample) -> None:
+    recs, blobs = sample
+    preds = shipped.predict([Item(r.text, b) for r, b in zip(recs[:20], blobs[:20], strict=True)]
+                            + [Item(recs[0].text)])
+    for p in preds[:-1]:
+        for a in shipped.axes:
+            ev = p.evidence[a.name]
+            assert ev["shares"]["title"] + ev["shares"]["photo"] == pytest.approx(1, abs=2e-4)
+            assert {"title_only", "photo_only"} <= set(ev)
+    title_only = preds[-1]
+    for a in shipped.axes:  # one input: all of the share, and nothing to disagree with
+        assert title_only.evidence[a.name] == {"shares": {"title": 1.0, "photo": 0.0}}
+    assert title_only.disagreements == []
+
+
+def test_a_photo_of_another_product_sends_the_axes_it_contradicts_to_review(shipped: Tagger, sample) -> None:
+    recs, blobs = sample
+    # Each title with the photo of another product (a seller's wrong photo), against the right one.
+    wrong = shipped.predict([Item(r.text, blobs[(k + 97) % len(recs)]) for k, r in enumerate(recs)])
+    right = shipped.predict([Item(r.text, b) for r, b in zip(recs, blobs, strict=True)])
+    axes = {a.name: a for a in shipped.axes}
+    for name in ("masterCategory", "subCategory"):  # the photo alone is sure of these
+        n_wrong = sum(name in p.disagreements for p in wrong)
+        n_right = sum(name in p.disagreements for p in right)
+        assert n_wrong >= 40 and n_right <= 2, (name, n_wrong, n_right)
+    for p in wrong:
+        for axis in p.disagreements:
+            assert all(t.status != AUTO for t in p.tags[axis])
+            ev = p.evidence[axis]
+            assert ev["title_only"]["value"] != ev["photo_only"]["value"]
+            for key in ("title_only", "photo_only"):  # each alone would have applied its value
+                assert ev[key]["score"] >= axes[axis].threshold(ev[key]["value"]) - 1e-4
+
+
+def _axis() -> Axis:
+    return Axis(name="colour", kind="single", values=["Red", "Blue"])
+
+
+def test_disagreement_needs_both_inputs_each_sure_enough_to_apply_alone() -> None:
+    a = _axis()
+    a.thresholds = {"Red": 0.85, "Blue": 0.7}
+    title = np.array([[.9, .1], [.9, .1], [.9, .1], [.2, .8], [.8, .2]])
+    photo = np.array([[.2, .8], [.2, .8], [.95, .05], [.9, .1], [.1, .9]])
+    both = np.array([True, False, True, True, True])
+    ev = Evidence([a], None, {"colour": title}, {"colour": photo}, both)
+    # 0: both apply, different -> yes; 1: no photo -> no; 2: agree -> no;
+    # 3: Blue .8 >= .7 and Red .9 >= .85 -> yes; 4: title's Red .8 < .85 -> no
+    assert ev.disagreements()["colour"].tolist() == [True, False, False, True, False]
+
+
+def test_evaluation_withholds_and_counts_disagreements() -> None:
+    a = _axis()
+    a.thresholds = {"Red": 0.5, "Blue": 0.5}
+    probs = {"colour": np.array([[.9, .1], [.9, .1], [.1, .9]])}
+    y = {"colour": np.array([0, 1, 1])}
+    before = evaluate_probs([a], probs, y)["colour"]
+    after = evaluate_probs([a], probs, y, withheld={"colour": np.array([False, True, False])})["colour"]
+    assert (before["auto_coverage"], before["auto_precision"]) == (1.0, pytest.approx(2 / 3, abs=1e-4))
+    assert (after["auto_coverage"], after["auto_precision"]) == (pytest.approx(2 / 3, abs=1e-4), 1.0)
+    assert (before["disagreements"], after["disagreements"]) == (0, 1)
