@@ -108,6 +108,9 @@ def train(
     ] = 5,
     confidence: Annotated[float, typer.Option(
         help="Confidence of that lower bound (one-sided Clopper-Pearson).")] = 0.95,
+    holdout: Annotated[Path | None, typer.Option(
+        help="File of record ids, one per line: the validation part (e.g. a catalogue's official "
+        "test split) instead of a random grouped tenth.")] = None,
 ) -> None:
     """Train, calibrate and evaluate a model on a dataset manifest; write its artifact."""
     from shared.ml.head_training import HeadTrainConfig
@@ -119,7 +122,10 @@ def train(
                       confidence=confidence,
                       head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed))
     try:
-        manifest = run_train(dataset, out_dir, cfg=cfg)
+        from shared.ml.dataset import read_ids
+
+        held = read_ids(holdout) if holdout is not None else None
+        manifest = run_train(dataset, out_dir, cfg=cfg, holdout=held)
     except TaggerError as exc:
         raise _fail(exc) from None
     tr = manifest["training"]

@@ -178,6 +178,15 @@ def load_records(manifest: DatasetManifest) -> list[Record]:
     return records
 
 
+def read_ids(path: str | Path) -> set[str]:
+    """Record ids, one per line (blank lines ignored), e.g. a catalogue's official test split."""
+    path = Path(path)
+    try:
+        return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read the ids file: {exc}") from None
+
+
 def _check_columns_jsonl(manifest: DatasetManifest, row: dict, where: str) -> None:
     if manifest.id not in row:
         raise ManifestError(f"{where}: field 'id' names key '{manifest.id}' missing from the row")

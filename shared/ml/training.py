@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shared.config import Settings, get_settings
+from shared.errors import ManifestError
 from shared.ml.artifact import Artifact, save_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
@@ -100,13 +101,21 @@ def prepare_records(
     return Prepared(name, records, blobs, kinds, parts, fp.hexdigest(), missing, groups)
 
 
-def prepare(manifest_path: str | Path, cfg: TrainConfig) -> Prepared:
+def prepare(manifest_path: str | Path, cfg: TrainConfig, holdout: set[str] | None = None) -> Prepared:
+    """A manifest's records, split; ``holdout`` (record ids) fixes the validation part, e.g. a
+    catalogue's official test split."""
     manifest = load_manifest(manifest_path)
     records = load_records(manifest)
+    if holdout is not None:
+        unknown = holdout - {r.id for r in records}
+        if unknown or not holdout:
+            raise ManifestError(f"holdout: {len(unknown)} of its {len(holdout)} ids are not in "
+                                f"{manifest.table_path} (e.g. {sorted(unknown)[:3]})" if unknown
+                                else "holdout: no ids")
     images = read_images(manifest, [r.image_ref for r in records])
     blobs = [images.get(r.image_ref) if r.image_ref else None for r in records]
     kinds = {name: spec.kind for name, spec in manifest.axes.items()}
-    return prepare_records(manifest.name, records, blobs, kinds, cfg)
+    return prepare_records(manifest.name, records, blobs, kinds, cfg, holdout)
 
 
 def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig, axes) -> str:
@@ -205,11 +214,11 @@ def _validation_report(head: FusionHead, axes: list[Axis], f: Features, y: dict[
 
 def train(
     manifest_path: str | Path, out_dir: str | Path, settings: Settings | None = None,
-    cfg: TrainConfig | None = None, show_progress: bool = True,
+    cfg: TrainConfig | None = None, show_progress: bool = True, holdout: set[str] | None = None,
 ) -> dict:
     """Train, calibrate, evaluate and save a model; returns the report stored in its manifest."""
     cfg = cfg or TrainConfig()
-    return train_prepared(prepare(manifest_path, cfg), out_dir, settings, cfg, show_progress)
+    return train_prepared(prepare(manifest_path, cfg, holdout), out_dir, settings, cfg, show_progress)
 
 
 def train_prepared(
