@@ -150,14 +150,23 @@ def test_cross_fitted_training_only_auto_applies_bounded_values(
     monkeypatch.setenv("TAGGER_DEVICE", "cpu")
     get_settings.cache_clear()
     target = 0.8  # the sample is too small for .98 (149 straight hits per value)
+    from shared.ml.dataset import load_manifest, load_records
+
+    ids = [r.id for r in load_records(load_manifest(sample_manifest))]
+    (tmp_path / "bad.txt").write_text("no-such-id\n")
+    bad = CliRunner().invoke(app, ["train", "--dataset", str(sample_manifest), "--out",
+                                   str(tmp_path / "x"), "--holdout", str(tmp_path / "bad.txt")])
+    assert bad.exit_code == 2 and "no-such-id" in bad.output and not (tmp_path / "x").exists()
+    (tmp_path / "held.txt").write_text("\n".join(ids[-30:]) + "\n")  # a fixed validation part
     res = CliRunner().invoke(app, [
         "train", "--dataset", str(sample_manifest), "--out", str(tmp_path / "m"),
         "--text-epochs", "1", "--head-epochs", "15", "--target-precision", str(target),
-        "--calibration-folds", "3", "--confidence", "0.9"])
+        "--calibration-folds", "3", "--confidence", "0.9", "--holdout", str(tmp_path / "held.txt")])
     get_settings.cache_clear()
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m" / "manifest.json").read_text())
     cal, n = m["training"]["calibration"], m["training"]["n"]
+    assert n["validation"] == 30
     assert cal["method"] == "cross-fit" and cal["k"] == 3 and cal["confidence"] == 0.9
     assert cal["n"] == n["train"] + n["calibration"] == sum(f["scored"] for f in cal["folds"])
     assert "calibration_s" in m["training"]["timings_s"]
