@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from shared.config import get_settings
+from shared.ml.cache import EmbeddingCache
 from shared.ml.dataset import read_ids
 from shared.ml.head_training import HeadTrainConfig
 from shared.ml.predictor import Tagger
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    tagger = Tagger.load(args.model)
+    tagger = Tagger.load(args.model, cache=EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite"))
     trained = tagger.manifest["training"]
     conf = dict(trained["config"])
     head = HeadTrainConfig(**conf.pop("head"))

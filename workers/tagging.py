@@ -109,11 +109,11 @@ def infer(
 
 def _held_back(pred: Any, axis: str) -> str | None:
     """Why the model held an axis's tags back beyond their scores: the product is out of its domain,
-    its title and photo alone named different values, or the axis's applied value contradicted
+    its title and photo alone named different values on some axis, or the axis's applied value contradicted
     another applied tag (both axes go to review)."""
     if pred.abstain_reason:
         return "out_of_domain"
-    if axis in pred.disagreements:
+    if pred.disagreements:  # title and photo disagreed: nothing about the item is applied
         return "disagreement"
     return "contradiction" if axis in pred.contradictions else None
 

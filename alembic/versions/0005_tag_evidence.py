@@ -4,7 +4,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-05
 
-``product_tags.evidence`` (JSON, NULL for human rows and rows written before this revision):
+``product_tags.evidence`` (JSONB on PostgreSQL, JSON elsewhere; NULL for human rows and rows written before this revision):
 ``{"shares": {"title": .7, "photo": .3}, "title_only": {"value": "Shirts", "score": .91},
 "photo_only": {"value": "Tshirts", "score": .64}}`` — the head's gate weights for the tag's axis
 and the single-input predictions. The new ``product_tags.reason`` value ``disagreement`` (title and
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
@@ -24,7 +25,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("product_tags") as batch:
-        batch.add_column(sa.Column("evidence", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column(
+            "evidence", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True))
 
 
 def downgrade() -> None:

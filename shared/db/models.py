@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from shared.db.base import Base, utcnow
@@ -19,6 +20,8 @@ TAG_SOURCES = ("model", "human")
 # anything the model was trained on, or the tag contradicted another applied tag of the product;
 # or the live audit (shared/audit.py): 'audit' marks an applied ('auto') tag sampled for a person to
 # check, 'paused' a tag held back because its value is switched off (auto_switches).
+# JSONB on PostgreSQL: indexable, comparable (a JSON column cannot even be sorted), compact.
+JSON_DOC = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 REVIEW_REASONS = ("out_of_domain", "contradiction", "disagreement", "audit", "paused")
 AUDIT_REASONS = ("audit", "paused")  # people's decisions on these rows measure live precision
 EVENT_STATUSES = ("received", "tagged", "failed", "dead")
@@ -93,7 +96,7 @@ class ProductTag(Base):
     reason: Mapped[str | None]
     # Why the model said so (migration 0005): input shares and single-input predictions; NULL for
     # human rows and older rows.
-    evidence: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON(), nullable=True)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON_DOC, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     product: Mapped[Product] = relationship(back_populates="tags")

@@ -30,7 +30,7 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
     """Metrics over the items labelled on ``axis``; a label the model does not know is an error.
     ``auto`` (single-label, per item): whether its top value is auto-applied; default: its score
     reaches its threshold. ``abstain`` (per item): out of the model's domain, so nothing is applied.
-    ``withheld`` (per item, single-label): the axis's own tag held back (title and photo disagreed).
+    ``withheld`` (per item): the item's tags held back (its title and photo disagreed).
     ``estimated_accuracy`` is what the workers report without labels (the mean calibrated top-1
     score, shared.ml.live_accuracy): beside ``accuracy`` it shows the estimate's error."""
     if abstain is None:
@@ -69,7 +69,8 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
     truth = (yy > 0.5).astype(int)
     top = p.argmax(1)
     thr = np.array([axis.threshold(v) for v in axis.values])
-    auto = (p[np.arange(n), top] >= thr[top]) & ~abstain[keep]
+    held = np.zeros(n, bool) if withheld is None else withheld[keep]
+    auto = (p[np.arange(n), top] >= thr[top]) & ~abstain[keep] & ~held
     correct = truth[np.arange(n), top] == 1
     return {
         "n": n,
@@ -77,6 +78,7 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
         "macro_f1": round(float(f1_score(truth, pred, average="macro", zero_division=0)), 4),
         **_auto_summary(correct, auto),
         "abstentions": int(abstain[keep].sum()),
+        "disagreements": int(held.sum()),
     }
 
 
@@ -91,7 +93,7 @@ def evaluate_probs(
     contradicts another auto tag: 0, checked, not assumed) and ``contradiction_reviews`` (items
     whose auto tag on it went to review because it contradicted another), over every item.
     ``abstain`` (per item): items the model judged out of its domain; none of their tags is applied.
-    ``withheld`` (per single-label axis, per item): that axis applies nothing (its inputs disagreed,
+    ``withheld`` (per axis, per item): that axis applies nothing (the item's inputs disagreed,
     shared.ml.evidence); the predictor withholds them before the joint decoding, and so does this."""
     withheld = withheld or {}
     if consistency is None:
@@ -111,7 +113,8 @@ def evaluate_probs(
         if a.name not in y:
             continue
         if a.name not in after:  # multi-label: not decoded jointly
-            out[a.name] = axis_metrics(a, probs[a.name], y[a.name], abstain=abstain)
+            out[a.name] = axis_metrics(a, probs[a.name], y[a.name], abstain=abstain,
+                                       withheld=withheld.get(a.name))
             continue
         out[a.name] = axis_metrics(a, probs[a.name], y[a.name], after[a.name].any(axis=1), abstain,
                                    withheld.get(a.name))

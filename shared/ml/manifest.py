@@ -94,6 +94,7 @@ class ModelManifest(_Spec):
     training: dict[str, Any] = Field(default_factory=dict)
     novelty: dict[str, Any] | None = None  # shared.ml.novelty's limits; None: no abstention guard
     consistency: dict[str, Any] | None = None  # shared.ml.consistency's pairs; None: none checked
+    disagreement: dict[str, Any] | None = None  # shared.ml.evidence.fit_trust; None: never checked
     format: int = FORMAT
     files: list[str] = Field(default_factory=lambda: [HEAD])
 

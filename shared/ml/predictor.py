@@ -15,7 +15,7 @@ from shared.ml.artifact import Artifact, load_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import probabilities
 from shared.ml.consistency import Consistency
-from shared.ml.evidence import Evidence, input_evidence
+from shared.ml.evidence import Evidence, input_evidence, trusted_axes
 from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
@@ -58,7 +58,9 @@ class Prediction:
     novelty: float | None = None
     abstain_reason: str | None = None
     contradictions: list[str] = field(default_factory=list)  # axes whose auto tags contradicted
-    disagreements: list[str] = field(default_factory=list)  # axes whose title and photo disagreed
+    # Axes whose title and photo alone would each have applied a different value: then no tag of
+    # the item is auto (shared.ml.evidence).
+    disagreements: list[str] = field(default_factory=list)
     evidence: dict[str, dict] = field(default_factory=dict)  # per axis: shares, single-input values
 
     def top(self, axis: str) -> TagScore | None:
@@ -122,6 +124,8 @@ class Tagger:
         self.guard = self._guard()
         doc = self.manifest.get("consistency")  # older models have none: axes decide alone
         self.consistency = Consistency.from_json(doc) if doc else None
+        # Axes whose title and photo may disagree (shared.ml.evidence); none for older models.
+        self.trusted = trusted_axes(self.manifest.get("disagreement"))
 
     def _guard(self) -> NoveltyGuard | None:
         """The artifact's novelty guard; older artifacts have none, and then nothing abstains."""
@@ -174,7 +178,8 @@ class Tagger:
                  image_mask: np.ndarray) -> Evidence:
         """Input shares and single-input predictions of ready-made features (shared.ml.evidence);
         evaluation withholds the same disagreements as :meth:`predict`."""
-        return input_evidence(self.head, self.axes, text, text_mask, image, image_mask, self.device)
+        return input_evidence(self.head, self.axes, text, text_mask, image, image_mask, self.device,
+                              self.trusted)
 
     def features(self, items: list[Item], watch: Stopwatch | None = None) -> tuple[np.ndarray, ...]:
         """Text and image features; ``watch`` gets "decode" (photos) and "encode" (both encoders)."""
@@ -231,8 +236,9 @@ class Tagger:
     def _rank(self, items: list[Item], probs: dict[str, np.ndarray], tm: np.ndarray, im: np.ndarray,
               errors: list[str | None], top_k: int, ev: Evidence) -> list[Prediction]:
         """Top-k values per axis with auto/review status, from calibrated probabilities; an axis
-        whose title and photo alone disagree applies nothing (``disagreements``)."""
+        whose title and photo alone disagree on some axis applies nothing (``disagreements``)."""
         disagree = ev.disagreements()
+        held = ev.held()
         preds = []
         for k in range(len(items)):
             p = Prediction(image_error=errors[k],
@@ -252,6 +258,7 @@ class Tagger:
                 p.evidence[a.name] = ev.item(k, a)
                 if a.name in disagree and disagree[a.name][k]:
                     p.disagreements.append(a.name)
+                if held[k]:
                     for t in p.tags[a.name]:
                         t.status = REVIEW
             preds.append(p)

@@ -46,7 +46,7 @@ def evaluate_records(
     texts = [r.text if modality != "image" else "" for r in records]
     novelty = tagger.novelty(texts, f.text, f.text_mask, f.image, f.image_mask)
     abstain = novelty.novel if novelty is not None else None
-    withheld = tagger.evidence(f.text, f.text_mask, f.image, f.image_mask).disagreements()
+    withheld = tagger.evidence(f.text, f.text_mask, f.image, f.image_mask).withheld()
     return {
         "model": tagger.version,
         "dataset": name,

@@ -41,8 +41,7 @@ def test_publish_then_fetch_round_trip(store: Any, make_model: MakeModel, tmp_pa
     model = make_model("v1")
     uri, checks = publish_artifact(store, model)
     assert uri == store.uri("models/v1")
-    assert set(checks["files"]) == {"manifest.json", "head.safetensors", "text_adapter.safetensors",
-                                    "novelty.safetensors"}
+    assert set(checks["files"]) == {"manifest.json", "head.safetensors", "novelty.safetensors"}
     assert store.list("models/v1/") == sorted(
         f"models/v1/{n}" for n in [*checks["files"], "checksums.json"])
 
@@ -86,7 +85,7 @@ def test_cache_is_used_once_verified(local_store: LocalStore, make_model: MakeMo
     overwrite(local_store, "models/v1/head.safetensors", None)
     assert fetch_artifact(local_store, "v1", cache) == first
     # A damaged cache copy (size changed) is not trusted: re-fetching then fails on the store.
-    (first / "text_adapter.safetensors").write_bytes(b"short")
+    (first / "novelty.safetensors").write_bytes(b"short")
     with pytest.raises(ArtifactError, match="head.safetensors is missing"):
         fetch_artifact(local_store, "v1", cache)
 
@@ -157,13 +156,13 @@ def _alter_checksum(store: Any, model: Path) -> None:
 
 
 def _flip_a_byte(store: Any, model: Path) -> None:
-    data = bytearray((model / "text_adapter.safetensors").read_bytes())
+    data = bytearray((model / "novelty.safetensors").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    overwrite(store, "models/v2/text_adapter.safetensors", bytes(data))
+    overwrite(store, "models/v2/novelty.safetensors", bytes(data))
 
 
-def _delete_adapter(store: Any, model: Path) -> None:
-    overwrite(store, "models/v2/text_adapter.safetensors", None)
+def _delete_guard(store: Any, model: Path) -> None:
+    overwrite(store, "models/v2/novelty.safetensors", None)
 
 
 def _delete_checksums(store: Any, model: Path) -> None:
@@ -173,8 +172,8 @@ def _delete_checksums(store: Any, model: Path) -> None:
 @pytest.mark.parametrize(("damage", "message"), [
     (_truncate_head, r"head\.safetensors is \d+ bytes, checksums\.json says \d+"),
     (_alter_checksum, r"head\.safetensors sha256 does not match"),
-    (_flip_a_byte, r"text_adapter\.safetensors sha256 does not match"),
-    (_delete_adapter, r"text_adapter\.safetensors is missing"),
+    (_flip_a_byte, r"novelty\.safetensors sha256 does not match"),
+    (_delete_guard, r"novelty\.safetensors is missing"),
     (_delete_checksums, r"checksums\.json missing"),
 ])
 def test_a_damaged_artifact_never_goes_live(session: Session, store: Any, make_model: MakeModel,
@@ -199,7 +198,7 @@ def test_weights_that_match_their_checksums_but_do_not_load_never_go_live(
     head = (model / "head.safetensors").read_bytes()[:1000]
     manifest = (model / "manifest.json").read_bytes()
     blobs = {"manifest.json": manifest, "head.safetensors": head}
-    for name in ("text_adapter.safetensors", "novelty.safetensors"):  # whole, as the manifest lists them
+    for name in ("novelty.safetensors",):  # whole, as the manifest lists it
         blobs[name] = (model / name).read_bytes()
     for name, data in blobs.items():
         local_store.put(f"models/v2/{name}", data)
