@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, AwareDatetime, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -96,6 +97,16 @@ class Settings(BaseSettings):
         0.25, gt=0, description="Longest wait before a partial batch runs (flush_interval)."
     )
     max_attempts: int = Field(3, ge=1, description="Deliveries of an event before it is dead-lettered.")
+    # --- event validation at every door (issue 11; shared/events.py) ---------------------------
+    event_earliest: AwareDatetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC), description="Earliest occurred_at an event may carry (ISO 8601 "
+        "with a timezone). A fixed date, not an age: an event valid when sent stays valid when retried "
+        "or replayed.",
+    )
+    event_max_skew_s: float = Field(
+        300.0, ge=0, description="How far in the future occurred_at may be (producers' clock skew); later "
+        "dates are refused, as they would make every real update of the product look stale.",
+    )
     visibility_timeout_s: int = Field(
         3600, ge=1, description="Redis: seconds before an unacked message is redelivered."
     )
@@ -109,7 +120,8 @@ class Settings(BaseSettings):
         default_factory=list, description="Hosts that https:// image URIs may name (JSON list)."
     )
     image_buckets: list[str] = Field(
-        default_factory=list, description="S3 buckets that s3:// image URIs may name; empty = any."
+        default_factory=list, description='S3 buckets that s3:// image URIs may name (JSON list); empty = '
+        'none, ["*"] = any.'
     )
     allow_file_uris: bool = Field(False, description="Accept file:// image URIs (dev and demo only).")
     allow_private_addresses: bool = Field(

@@ -9,23 +9,29 @@ that reaches the queue has the same shape everywhere. Unknown fields are rejecte
 from __future__ import annotations
 
 import csv
-import json
+import math
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
+from pydantic_core import from_json
 
+from shared.config import Settings, get_settings
 from shared.errors import PermanentError
 
 EVENT_TYPE = "product.uploaded"
@@ -33,8 +39,42 @@ IMAGE_SCHEMES = ("s3", "https", "file")
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 CSV_SUFFIXES = {".csv"}
 
+# Real-world UTC offsets run from -12:00 to +14:00; a wider one is a producer bug (and Postgres refuses
+# offsets past 15:59).
+MAX_UTC_OFFSET = timedelta(hours=14)
+
+
+def storable_text(value: str) -> str:
+    """Text Postgres can store: no NUL (pydantic's str already refuses lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+def plain_id(value: str) -> str:
+    """An id: storable and free of control characters (C0, DEL, C1), which no log or URL shows faithfully."""
+    storable_text(value)
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("contains a control character")
+    return value
+
+
+def path_id(value: str) -> str:
+    """An id that is one URL path segment: every route (/v1/products/{product_id}/...) can address it."""
+    plain_id(value)
+    if "/" in value:
+        raise ValueError("must not contain '/' (the API's /v1/products/{product_id} routes could not "
+                         "address it)")
+    if value in (".", ".."):
+        raise ValueError("must not be '.' or '..' (URL clients rewrite those path segments)")
+    return value
+
+
 # Ids are opaque, but a blank one would make every blank-id event the "same" event to the dedupe.
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(plain_id)]
+ProductId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"),
+                      AfterValidator(path_id)]
+Text = Annotated[str, AfterValidator(storable_text)]
 Locale = Annotated[str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{1,8})*$")]
 
 
@@ -46,7 +86,8 @@ class ProductUploaded(BaseModel):
     type: Literal["product.uploaded"] = EVENT_TYPE
     version: Literal[1] = 1
     event_id: Id = Field(description="Idempotency key: the same id is tagged at most once.")
-    product_id: Id
+    product_id: ProductId = Field(description="Opaque, but one URL path segment: no '/', not '.' or '..', "
+                                  "no control characters.")
     seller_id: Id
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
     description: Annotated[str, Field(max_length=10_000)] | None = None
@@ -55,7 +96,10 @@ class ProductUploaded(BaseModel):
         "whether hosts, buckets and file:// are allowed).",
     )
     locale: Locale | None = Field(None, description="BCP 47-like tag, e.g. 'en-IN'.")
-    occurred_at: AwareDatetime = Field(description="When the upload happened; must carry a timezone.")
+    occurred_at: AwareDatetime = Field(
+        description="When the upload happened; must carry a timezone (offset within ±14:00), be no earlier "
+        "than TAGGER_EVENT_EARLIEST (default 2000-01-01Z) and no later than now + TAGGER_EVENT_MAX_SKEW_S "
+        "(default 300 s).")
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -65,13 +109,32 @@ class ProductUploaded(BaseModel):
             raise ValueError("expected an ISO 8601 date-time string with a timezone, not a number")
         return value
 
-    @field_validator("event_id", "product_id", "seller_id", "title", "description", "image_uri", "locale")
+    @field_validator("occurred_at")
     @classmethod
-    def _no_nul(cls, value: str | None) -> str | None:
-        """Postgres text cannot hold NUL: refuse it here, naming the field, not as a 500 at the write."""
-        if value is not None and "\x00" in value:
-            raise ValueError("contains a NUL character")
+    def _sane_time(cls, value: datetime, info: ValidationInfo) -> datetime:
+        """Within the settings' bounds: a far-future date would make every later update of the product
+        "stale" (frozen for ever), and a date near year 1 or 9999 overflows once moved to UTC."""
+        settings: Settings = (info.context or {}).get("settings") or get_settings()
+        offset = value.utcoffset()
+        if offset is None or abs(offset) > MAX_UTC_OFFSET:
+            raise ValueError("timezone offset must be within -14:00 and +14:00")
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
+        if utc < settings.event_earliest:
+            raise ValueError(f"is before {settings.event_earliest.isoformat()} (TAGGER_EVENT_EARLIEST)")
+        latest = datetime.now(UTC) + timedelta(seconds=settings.event_max_skew_s)
+        if utc > latest:
+            raise ValueError(f"is more than {settings.event_max_skew_s:g} s in the future "
+                             "(TAGGER_EVENT_MAX_SKEW_S); send the time of the upload, with its offset")
         return value
+
+    @field_validator("title", "description", "image_uri", "locale")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        """Postgres text cannot hold NUL: refuse it here, naming the field, not as a 500 at the write."""
+        return None if value is None else storable_text(value)
 
     @field_validator("image_uri")
     @classmethod
@@ -114,6 +177,48 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+# --- JSON with bounds, for every door that parses a body or a line -------------------------------------
+
+# An event is two levels deep (a batch of objects); 32 leaves room for any other body this API takes.
+MAX_JSON_DEPTH = 32
+# No field of any body is a number beyond 64 bits; a 5,000-digit integer costs quadratic time to print.
+MAX_JSON_INT = 2**63 - 1
+
+
+class JsonRefused(ValueError):
+    """The text is not JSON, or is JSON beyond the bounds above; the message says which, for a person."""
+
+
+class JsonTooDeep(JsonRefused):
+    """Nested deeper than :data:`MAX_JSON_DEPTH`: no event looks like that."""
+
+
+def parse_json(data: str | bytes) -> Any:
+    """Parse JSON (pydantic-core's jiter: no recursion, lone surrogates and invalid UTF-8 refused) and
+    check its bounds: depth at most MAX_JSON_DEPTH, integers within 64 bits, no NaN or infinity."""
+    try:
+        doc = from_json(data, allow_inf_nan=False, cache_strings=False)
+    except ValueError as exc:  # jiter stops at its own depth of 200 and at integers of 4,300 digits
+        reason = str(exc)
+        if reason.startswith("recursion limit exceeded"):
+            raise JsonTooDeep(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+        if reason.startswith("number out of range"):
+            raise JsonRefused(f"a number is out of range (integers up to {MAX_JSON_INT})") from None
+        raise JsonRefused(f"not valid JSON ({reason})") from None
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise JsonTooDeep(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+        elif isinstance(value, int) and abs(value) > MAX_JSON_INT:
+            raise JsonRefused(f"a number is out of range (integers up to {MAX_JSON_INT})")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise JsonRefused("a number is out of range (too large for a double)")
+    return doc
+
+
 # --- event files (JSONL or CSV), as `tagger publish` and batch producers read them -----------------
 
 class InputUnusable(PermanentError):
@@ -134,9 +239,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, f"line: not valid JSON ({exc.msg} at column {exc.colno})"
+                row = parse_json(line)
+            except JsonTooDeep as exc:  # not an event file at all: refuse the file, send nothing
+                raise InputUnusable(f"{path}: line {lineno}: {exc}; not a file of events") from None
+            except JsonRefused as exc:
+                yield lineno, f"line: {exc}"
                 continue
             yield lineno, row if isinstance(row, dict) else "line: expected a JSON object"
 

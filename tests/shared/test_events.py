@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from shared.events import ProductUploaded, format_errors
+from shared.config import Settings
+from shared.events import JsonRefused, ProductUploaded, format_errors, parse_json
 
 GOOD = {
     "event_id": "evt-1",
@@ -133,3 +134,95 @@ def test_nul_is_refused_naming_the_field(field: str) -> None:
     with pytest.raises(ValidationError) as err:
         ProductUploaded.model_validate({**GOOD, field: "a\x00b"})
     assert any(line.startswith(f"{field}: ") and "NUL" in line for line in format_errors(err.value))
+
+
+# --- issue 11: bounds on occurred_at, ids every route can address, bounded JSON ----------------------
+
+def test_far_future_is_refused_as_it_would_freeze_the_product() -> None:
+    (line,) = errors_for(occurred_at="9999-12-31T00:00:00Z")
+    assert line.startswith("occurred_at: is more than 300 s in the future (TAGGER_EVENT_MAX_SKEW_S)")
+    # The issue's overflow: accepted, then failed its whole batch's write.
+    assert errors_for(occurred_at="9999-12-31T23:59:59-14:00") == [
+        "occurred_at: out of range once converted to UTC"]
+
+
+def test_small_clock_skew_is_accepted_and_more_is_not() -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=200)
+    assert ProductUploaded.model_validate({**GOOD, "occurred_at": soon.isoformat()}).occurred_at == soon
+    later = datetime.now(UTC) + timedelta(seconds=400)
+    assert "in the future" in errors_for(occurred_at=later.isoformat())[0]
+
+
+@pytest.mark.parametrize("when", ["0001-01-02T00:00:00Z", "1970-01-01T00:00:00Z", "1999-12-31T23:59:59Z"])
+def test_dates_before_the_earliest_are_refused(when: str) -> None:
+    assert errors_for(occurred_at=when) == [
+        "occurred_at: is before 2000-01-01T00:00:00+00:00 (TAGGER_EVENT_EARLIEST)"]
+    assert errors_for(occurred_at="0001-01-01T00:00:00+14:00") == [
+        "occurred_at: out of range once converted to UTC"]
+
+
+def test_offsets_beyond_real_time_zones_are_refused() -> None:
+    assert errors_for(occurred_at="2025-06-01T10:00:00+20:00") == [
+        "occurred_at: timezone offset must be within -14:00 and +14:00"]
+    assert ProductUploaded.model_validate({**GOOD, "occurred_at": "2025-06-01T10:00:00+14:00"})
+
+
+def test_bounds_come_from_the_settings_given_in_the_context() -> None:
+    strict = Settings(event_earliest=datetime(2025, 7, 1, tzinfo=UTC), event_max_skew_s=0)
+    with pytest.raises(ValidationError) as info:
+        ProductUploaded.model_validate(GOOD, context={"settings": strict})
+    assert format_errors(info.value) == [
+        "occurred_at: is before 2025-07-01T00:00:00+00:00 (TAGGER_EVENT_EARLIEST)"]
+    assert ProductUploaded.model_validate(GOOD)  # the default settings take it
+
+
+@pytest.mark.parametrize("field", ["event_id", "product_id", "seller_id"])
+@pytest.mark.parametrize(("bad", "reason"), [
+    ("a\x00b", "contains a NUL character"), ("a\x01b", "contains a control character"),
+    ("a\nb", "contains a control character"), ("a\x7fb", "contains a control character"),
+    ("a\x85b", "contains a control character"),
+    ("a\ud800b", "Input should be a valid string, unable to parse raw data as a unicode string"),
+])
+def test_ids_with_control_characters_are_refused(field: str, bad: str, reason: str) -> None:
+    (line,) = errors_for(**{field: bad})
+    assert line.startswith(f"{field}: {reason}")
+
+
+@pytest.mark.parametrize("bad", ["a/b", "/", ".", ".."])
+def test_product_ids_the_routes_cannot_address_are_refused(bad: str) -> None:
+    (line,) = errors_for(product_id=bad)
+    assert line.startswith("product_id: must not")
+
+
+def test_other_ids_may_hold_a_slash_and_product_ids_other_url_characters() -> None:
+    event = ProductUploaded.model_validate({**GOOD, "event_id": "a/b", "seller_id": "s/1",
+                                            "product_id": "sku 1?#%.x"})
+    assert event.product_id == "sku 1?#%.x"
+
+
+def test_text_with_a_lone_surrogate_is_refused() -> None:
+    """Postgres stores UTF-8 only; pydantic's str refuses a lone surrogate from a Python caller."""
+    assert errors_for(title="a\udc80b")[0].startswith("title: Input should be a valid string")
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("[" * 2000 + "]" * 2000, "nested deeper than 32 levels"),
+    ("[" * 33 + "]" * 33, "nested deeper than 32 levels"),
+    ('{"a": ' + "1" * 4301 + "}", "a number is out of range"),
+    ('{"a": ' + "9" * 20 + "}", "a number is out of range"),
+    ("1e999", "a number is out of range"),
+    ("NaN", "not valid JSON"),
+    ('"\\ud800"', "not valid JSON"),
+    (b'"\xff"', "not valid JSON"),
+    ("{} x", "not valid JSON"),
+])
+def test_parse_json_refuses_what_would_break_a_door(text: str | bytes, reason: str) -> None:
+    with pytest.raises(JsonRefused) as info:
+        parse_json(text)
+    assert str(info.value).startswith(reason)
+
+
+def test_parse_json_takes_ordinary_documents() -> None:
+    assert parse_json("[" * 32 + "]" * 32)
+    assert parse_json('{"a": [1, -9223372036854775807, 1.5e300, "\\u00e9\\ud83d\\ude00", null]}') == {
+        "a": [1, -9223372036854775807, 1.5e300, "é😀", None]}
