@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,10 @@ from shared.errors import PermanentError
 log = logging.getLogger("shared.fetch")
 # RFC 6052 NAT64 prefix: 64:ff9b::a.b.c.d reaches a.b.c.d through the gateway.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Global unicast (RFC 4291): everything else (::/96 IPv4-compatible such as ::127.0.0.1, ::ffff:0:0:0/96,
+# the local-use NAT64 prefix 64:ff9b:1::/48, ...) is not an address the open internet reaches.
+_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+ANY_BUCKET = "*"
 
 class FetchError(PermanentError):
     """The image could not be had; the message is the reason recorded on the event."""
@@ -33,11 +39,13 @@ def _is_public(addr: str) -> bool:
     if not ip.is_global or ip.is_multicast:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
+        if ip in _NAT64:  # judged by the IPv4 address it reaches
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
             return embedded.is_global and not embedded.is_multicast
+        if ip not in _GLOBAL_UNICAST:
+            return False
+        if ip.sixtofour is not None:  # 2002::/16 reaches the IPv4 address it embeds
+            return ip.sixtofour.is_global and not ip.sixtofour.is_multicast
     return True
 
 
@@ -76,8 +84,11 @@ class ImageFetcher:
             bucket = parsed.netloc
             if not bucket or not parsed.path.lstrip("/"):
                 raise FetchError(f"image_uri {uri!r}: s3 URI needs a bucket and a key")
-            if self.s.image_buckets and bucket not in self.s.image_buckets:
-                raise FetchError(f"image_uri: bucket '{bucket}' is not in TAGGER_IMAGE_BUCKETS")
+            # Empty allows none: an unset list must not open every bucket the credentials can read.
+            if ANY_BUCKET not in self.s.image_buckets and bucket not in self.s.image_buckets:
+                raise FetchError(f"image_uri: bucket '{bucket}' is not in TAGGER_IMAGE_BUCKETS"
+                                 + ("" if self.s.image_buckets else " (empty: no bucket is allowed; "
+                                    '["*"] allows any)'))
             return "s3", (bucket, unquote(parsed.path.lstrip("/")))
         if scheme == "file":
             if not self.s.allow_file_uris:
@@ -144,8 +155,15 @@ class ImageFetcher:
 
     def _fetch_file(self, path: Path) -> bytes:
         try:
-            self._limit(path.stat().st_size)
-            with path.open("rb") as fh:  # capped: a FIFO or device reports size 0
+            # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever; the
+            # type is checked on the open descriptor, so a path swapped after a stat() cannot slip by.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                os.close(fd)
+                raise FetchError(f"image {path} is not a regular file")
+            with os.fdopen(fd, "rb") as fh:
+                self._limit(info.st_size)
                 body = fh.read(self.s.max_image_bytes + 1)
             self._limit(len(body))
             return body

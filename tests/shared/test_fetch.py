@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +171,35 @@ def test_https_body_that_drips_times_out_as_a_whole(tls: TlsImageServer, cert: t
     reason = refused(tls_fetcher(cert, max_image_bytes=10_000), f"https://localhost:{tls.port}/drip.jpg")
     assert "timed out" in reason
     assert time.monotonic() - t0 < 4  # 1000 bytes x 50 ms would take 50 s
+
+
+# --- issue 11 -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("addr", [
+    "::127.0.0.1", "::7f00:1", "::8.8.8.8",  # IPv4-compatible (deprecated), reaches IPv4 on some stacks
+    "64:ff9b:1::a01:203", "64:ff9b:1::808:808",  # RFC 8215 local-use NAT64: never public
+    "64:ff9b::7f00:1", "64:ff9b::a00:1",  # well-known NAT64 to a private IPv4
+    "::ffff:0:7f00:1", "100::1", "fc00::1",
+])
+def test_ipv6_forms_of_internal_addresses_are_not_public(addr: str) -> None:
+    assert not _is_public(addr)
+
+
+def test_empty_bucket_list_allows_no_bucket_and_a_star_allows_any() -> None:
+    reason = refused(fetcher(), "s3://any-bucket/a.jpg")
+    assert "bucket 'any-bucket' is not in TAGGER_IMAGE_BUCKETS (empty: no bucket is allowed" in reason
+    assert fetcher(image_buckets=["*"]).check("s3://any-bucket/a.jpg") == ("s3", ("any-bucket", "a.jpg"))
+    assert fetcher(image_buckets=["b"]).check("s3://b/k%20x.jpg") == ("s3", ("b", "k x.jpg"))
+
+
+def test_a_fifo_or_a_directory_is_refused_at_once(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: the dev fetch must not hang on one."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    f = fetcher(allow_file_uris=True)
+    got: list[str] = []
+    worker = threading.Thread(target=lambda: got.append(refused(f, fifo.as_uri())), daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert got == [f"image {fifo} is not a regular file"]
+    assert refused(f, tmp_path.as_uri()) == f"image {tmp_path} is not a regular file"
