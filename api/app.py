@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import audit, errors, health, images, ingest, metrics, openapi, reads, review, review_page
 from api.config import ApiSettings
+from api.guards import plain_parameters
 from api.state import AppState
 from shared.config import Settings, get_settings
 from shared.publish import Publisher
@@ -35,8 +36,10 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
         finally:
             state.close()
 
+    # plain_parameters: no NUL or control character in any path or query parameter, on every route.
     app = FastAPI(title="Product tagger", version="1", lifespan=lifespan,
-                  summary="Ingest product uploads; read tags; review uncertain ones.")
+                  summary="Ingest product uploads; read tags; review uncertain ones.",
+                  dependencies=[Depends(plain_parameters)])
     app.state.tagger = state
     errors.install(app)
     openapi.install(app)  # models named only by $ref (the ingest body) into components

@@ -17,13 +17,15 @@ from PIL import Image, UnidentifiedImageError
 
 from api.auth import require
 from api.errors import AUTH_ERRORS, HttpError, NotFound, responses
+from api.guards import GuardedRoute
 from api.state import get_state
 from shared.db.models import Product
 from shared.db.session import session_scope
 from shared.fetch import FetchError, ImageFetcher
 
 log = logging.getLogger("tagger.api.images")
-router = APIRouter(prefix="/v1", tags=["images"], dependencies=[Depends(require("reviewer", "reader"))])
+router = APIRouter(prefix="/v1", tags=["images"], route_class=GuardedRoute,
+                   dependencies=[Depends(require("reviewer", "reader"))])
 _fetcher_lock = threading.Lock()
 
 
@@ -46,14 +48,31 @@ def _fetcher(request: Request) -> ImageFetcher:
     return fetcher
 
 
-def _media_type(body: bytes) -> str:
+class ImageTooLarge(HttpError):
+    """The picture has more pixels than TAGGER_MAX_IMAGE_PIXELS: a decompression bomb is never served."""
+
+    status_code = 422
+
+
+def _media_type(body: bytes, max_pixels: int) -> str:
     """The picture's MIME type from its own header bytes; anything that is not a picture is refused,
-    so a file:// or bucket object holding HTML or script is never served to a browser."""
+    so a file:// or bucket object holding HTML or script is never served to a browser. Only the header
+    is read: a picture over ``max_pixels`` is refused before anything is decompressed."""
+    too_large = ImageTooLarge(
+        f"image has more than {max_pixels} pixels (max_image_pixels, TAGGER_MAX_IMAGE_PIXELS); not served",
+        limit={"name": "max_image_pixels", "value": max_pixels},
+    )
     try:
         with Image.open(io.BytesIO(body)) as image:
             fmt = image.format
+            width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard (a warning past ~89 Mpx, an error past twice that) fired first.
+        raise too_large from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise FetchFailed(f"image is not a readable picture ({type(exc).__name__})") from None
+    if width * height > max_pixels:
+        raise too_large
     media_type = Image.MIME.get(fmt or "")
     if media_type is None or not media_type.startswith("image/"):
         raise FetchFailed(f"image format {fmt!r} cannot be served")
@@ -65,6 +84,8 @@ def _media_type(body: bytes) -> str:
     response_class=Response,
     responses={200: {"content": {"image/*": {}}, "description": "The product's photo."},
                **responses(*AUTH_ERRORS, (404, "No product with this id, or it has no image."),
+                           (422, "The picture has more pixels than TAGGER_MAX_IMAGE_PIXELS, or product_id "
+                                  "holds a control character."),
                            (502, "The image could not be fetched or is not a picture: the reason."))},
 )
 def product_image(request: Request, product_id: str) -> Response:
@@ -81,7 +102,8 @@ def product_image(request: Request, product_id: str) -> Response:
     except FetchError as exc:
         log.info("image_refused product=%s", product_id)
         raise FetchFailed(f"image of product {product_id!r}: {exc}") from None
-    return Response(body, media_type=_media_type(body), headers={
+    media_type = _media_type(body, get_state(request).settings.max_image_pixels)
+    return Response(body, media_type=media_type, headers={
         "Cache-Control": "private, max-age=60",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "default-src 'none'; sandbox",

@@ -6,7 +6,6 @@ costs latency, never events (the answer says ``queued: false`` and the sweeper s
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any
 
@@ -18,17 +17,19 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Principal, require
 from api.config import ApiSettings
 from api.errors import AUTH_ERRORS, BadRequest, LimitExceeded, responses
+from api.guards import GuardedRoute, read_body
 from api.openapi import ref
 from api.state import AppState, get_state
+from shared.config import Settings
 from shared.db.base import utcnow
 from shared.db.events import mark_enqueued, record_events
 from shared.db.session import session_scope
-from shared.events import ProductUploaded, format_errors
+from shared.events import JsonRefused, ProductUploaded, format_errors, parse_json
 from shared.metrics import count_ingest
 from shared.publish import BrokerUnavailable
 
 log = logging.getLogger("tagger.api.ingest")
-router = APIRouter(prefix="/v1", tags=["ingest"])
+router = APIRouter(prefix="/v1", tags=["ingest"], route_class=GuardedRoute)
 
 
 class Rejected(BaseModel):
@@ -47,34 +48,12 @@ class IngestResult(BaseModel):
     queued: bool
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it is known to pass ``limit`` (header first, then while reading)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    size, chunks = 0, []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a lying or absent Content-Length (chunked upload) is caught here
-            raise _too_large(size, limit, at_least=True)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(size: int, limit: int, *, at_least: bool = False) -> LimitExceeded:
-    return LimitExceeded(
-        f"request body of {'more than ' if at_least else ''}{size if not at_least else limit} bytes exceeds "
-        f"the limit of {limit} bytes (max_body_bytes, TAGGER_API_MAX_BODY_BYTES)",
-        limit={"name": "max_body_bytes", "value": limit},
-    )
-
-
 def _items(body: bytes, max_batch: int) -> list[Any]:
     """The request's events as a list (one object is a batch of one), within the batch limit."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON ({exc})") from exc
+        data = parse_json(body)  # bounded depth and numbers: never a RecursionError or a 4,300-digit int
+    except JsonRefused as exc:
+        raise BadRequest(f"body: {exc}", parameter="body") from None
     items = data if isinstance(data, list) else [data]
     if not isinstance(data, list | dict):
         raise BadRequest("body must be a product.uploaded event object or a JSON list of them")
@@ -88,7 +67,7 @@ def _items(body: bytes, max_batch: int) -> list[Any]:
     return items
 
 
-def _validate(items: list[Any]) -> tuple[list[ProductUploaded], list[Rejected]]:
+def _validate(items: list[Any], settings: Settings) -> tuple[list[ProductUploaded], list[Rejected]]:
     """Each item on its own: a bad event is listed with its field errors and the others go on."""
     accepted: dict[str, ProductUploaded] = {}  # a repeated event_id in one batch is one event
     rejected: list[Rejected] = []
@@ -97,11 +76,13 @@ def _validate(items: list[Any]) -> tuple[list[ProductUploaded], list[Rejected]]:
             rejected.append(Rejected(index=index, event_id=None, errors=["event: expected a JSON object"]))
             continue
         try:
-            event = ProductUploaded.model_validate(item)
+            event = ProductUploaded.model_validate(item, context={"settings": settings})
         except ValidationError as exc:
             event_id = item.get("event_id")
-            rejected.append(Rejected(index=index, event_id=event_id if isinstance(event_id, str) else None,
-                                     errors=format_errors(exc)))
+            # Echoed only if it is a valid id itself: a NUL or control character never goes back out.
+            shown = event_id if isinstance(event_id, str) and not any(
+                e["loc"] == ("event_id",) for e in exc.errors()) else None
+            rejected.append(Rejected(index=index, event_id=shown, errors=format_errors(exc)))
             continue
         accepted.setdefault(event.event_id, event)
     return list(accepted.values()), rejected
@@ -158,8 +139,8 @@ async def post_events(
 ) -> JSONResponse:
     """Accept one event or a list; 202 with accepted ids (idempotent on event_id), 422 if none is valid."""
     state = get_state(request)
-    items = _items(await _read_body(request, state.api.max_body_bytes), state.api.max_batch)
-    events, rejected = _validate(items)
+    items = _items(await read_body(request), state.api.max_batch)
+    events, rejected = _validate(items, state.settings)
     queued = await run_in_threadpool(_record_and_enqueue, state, events) if events else False
     result = IngestResult(accepted=[e.event_id for e in events], rejected=rejected, queued=queued)
     count_ingest(len(events), len(rejected))

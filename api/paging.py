@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from api.errors import BadRequest
+from shared.events import parse_json, plain_id
 
 K = TypeVar("K")
 
@@ -31,18 +32,29 @@ def encode_cursor(after: Any) -> str:
 def decode_cursor(cursor: str, key: Callable[[Any], K]) -> K:
     """The key a cursor names, as ``key`` builds it from the decoded ``after`` value.
 
-    A cursor this API did not hand out (not base64, not JSON, not ``{"after": ...}``, or ``key``
-    raising NotAKey) is a 400 naming the ``cursor`` parameter.
+    A cursor this API did not hand out (not base64, not JSON, not ``{"after": ...}``, a string in it
+    with a NUL or control character, or ``key`` raising NotAKey) is a 400 naming the ``cursor`` parameter.
     """
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        doc = json.loads(raw.decode())
-    except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        doc = parse_json(raw)  # bounded: a crafted cursor cannot nest or hold a 5,000-digit number
+    except (binascii.Error, ValueError):  # non-ASCII text; JsonRefused is a ValueError too
         doc = None
     try:
         if not isinstance(doc, dict) or set(doc) != {"after"}:
             raise NotAKey(cursor)
+        _plain_strings(doc["after"])
         return key(doc["after"])
     except NotAKey:
         raise BadRequest("invalid cursor: pass back the 'next_cursor' of the previous page unchanged",
                          parameter="cursor") from None
+
+
+def _plain_strings(after: Any) -> None:
+    """Every string of a key is one the database can compare: no NUL (a 500 from Postgres) or control."""
+    for part in after if isinstance(after, list) else [after]:
+        if isinstance(part, str):
+            try:
+                plain_id(part)
+            except ValueError:
+                raise NotAKey(after) from None

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.errors import AUTH_ERRORS, InvalidParameter, NotFound, ServerFault, responses
+from api.guards import GuardedRoute
 from api.paging import NotAKey, decode_cursor, encode_cursor
 from api.state import AppState, get_state
 from shared.db.models import TAG_STATUSES, Product, ProductTag
@@ -27,7 +28,8 @@ from shared.registry import artifact_prefix, live_version
 from shared.storage import ObjectNotFound, open_store
 
 log = logging.getLogger("tagger.api.reads")
-router = APIRouter(prefix="/v1", tags=["reads"], dependencies=[Depends(require("reader"))])
+router = APIRouter(prefix="/v1", tags=["reads"], route_class=GuardedRoute,
+                   dependencies=[Depends(require("reader"))])
 
 APPLIED_STATUSES = ("auto", "confirmed")  # the tags a product "has": the model's sure ones and human yeses
 MAX_LIMIT = 1000
@@ -163,7 +165,8 @@ def _check_statuses(statuses: list[str]) -> list[str]:
 @router.get(
     "/tags/{axis}/{value}/products", response_model=TaggedProductsPage,
     responses=responses((400, "The cursor was not one this API handed out."), *AUTH_ERRORS,
-                        (422, "Unknown status, or limit/min_score out of range (named).")),
+                        (422, "Unknown status, limit/min_score out of range, or a control "
+                              "character in a parameter (named).")),
 )
 def tagged_products(
     request: Request, axis: str, value: str,

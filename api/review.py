@@ -10,7 +10,7 @@ decision on an audit or paused tag also re-judges that value's live switch in th
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple, cast
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, aliased
 
 from api.auth import require
 from api.errors import AUTH_ERRORS, InvalidParameter, NotFound, responses
+from api.guards import GuardedRoute
 from api.paging import NotAKey, decode_cursor, encode_cursor
 from api.reads import TagEvidence
 from api.reads import taxonomy as served_taxonomy
@@ -27,10 +28,12 @@ from api.state import get_state
 from shared.audit import after_decisions, is_audit_row
 from shared.db.models import Product, ProductTag
 from shared.db.session import session_scope
+from shared.events import Text
 from shared.labels.decisions import LabelError, ProductNotFound, decide
 
 log = logging.getLogger("tagger.api.review")
-router = APIRouter(prefix="/v1", tags=["review"], dependencies=[Depends(require("reviewer"))])
+router = APIRouter(prefix="/v1", tags=["review"], route_class=GuardedRoute,
+                   dependencies=[Depends(require("reviewer"))])
 
 MAX_LIMIT = 500
 CANDIDATES = 3
@@ -80,10 +83,10 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    axis: str
+    axis: Text  # Text: no NUL or lone surrogate, which the database would refuse with a 500
     action: Literal["confirm", "reject", "correct"]
-    value: str
-    corrected_value: str | None = None
+    value: Text
+    corrected_value: Text | None = None
 
 
 class Decisions(BaseModel):
@@ -121,9 +124,11 @@ def _queue_key(after: Any) -> _Key | _AuditKey:
             isinstance(part, str) for part in after[1:]):
         try:
             at = datetime.fromisoformat(after[1])
-        except ValueError:
+            # In UTC: Postgres refuses offsets past 15:59 (a 500), and year 1 or 9999 overflow here.
+            at = at.astimezone(UTC) if at.tzinfo is not None else None
+        except (ValueError, OverflowError):
             raise NotAKey(after) from None
-        if at.tzinfo is None:
+        if at is None:
             raise NotAKey(after)
         return at, after[2], after[3]
     if (not isinstance(after, list) or len(after) != 3
@@ -283,9 +288,11 @@ def multi_label_axes(request: Request) -> frozenset[str]:
 @router.post(
     "/products/{product_id}/decisions", response_model=DecisionResult,
     responses=responses(
-        (400, "The body is not valid JSON."), *AUTH_ERRORS, (404, "No product with this id."),
+        (400, "The body is not valid JSON, or nests too deep or holds a number out of range."),
+        *AUTH_ERRORS, (404, "No product with this id."),
+        (413, "The body is over TAGGER_API_MAX_BODY_BYTES (``limit`` names it)."),
         (422, "A decision cannot be stored (the answer names its index; nothing is applied), "
-              "or the body is not a list of decisions."),
+              "or the body is not a list of decisions, or product_id holds a control character."),
         (500, "The served model's manifest (axis kinds) is missing or unreadable."),
     ),
 )
