@@ -123,3 +123,32 @@ def test_cli_unusable_input_exits_two(
     assert message in " ".join(result.stderr.split())
     assert "s3cret" not in result.output
     assert broker.llen(QUEUE) == 0
+
+
+# --- issue 11: the same contract as the API ---------------------------------------------------------
+
+def test_cli_deeply_nested_line_exits_two_and_sends_nothing(broker: redis.Redis, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", [event(1), "[" * 5000 + "]" * 5000, event(3)])
+    result = run_cli(str(path), "--broker", REDIS_URL)
+    assert result.exit_code == 2, result.output
+    assert "line 2: nested deeper than 32 levels" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output
+    assert broker.llen(QUEUE) == 0
+
+
+def test_cli_refuses_what_the_api_refuses_line_by_line(broker: redis.Redis, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", [
+        event(1, occurred_at="9999-12-31T23:59:59-14:00"), event(2, occurred_at="9999-12-31T00:00:00Z"),
+        event(3, product_id="a/b"), event(4, product_id="a\x00b"), '{"event_id": ' + "9" * 5000 + "}",
+        event(6),
+    ])
+    result = run_cli(str(path), "--broker", REDIS_URL)
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.stdout.split())
+    assert "1 published, 5 rejected" in out
+    assert "line 1: occurred_at: out of range once converted to UTC" in out
+    assert "line 2: occurred_at: is more than 300 s in the future" in out
+    assert "line 3: product_id: must not contain '/'" in out
+    assert "line 4: product_id: contains a NUL character" in out
+    assert "line 5: line: a number is out of range" in out
+    assert queued_event_ids(broker) == {"evt-6"}

@@ -24,7 +24,7 @@ from celery.worker.request import Request
 from celery_batches import SimpleRequest
 from pydantic import ValidationError
 
-from shared.events import ProductUploaded
+from shared.events import ProductUploaded, format_errors
 from shared.publish import PIPELINE_EVENTS, BrokerUnavailable, Publisher, PublisherConfigError
 from shared.tasks import TAG_PRODUCT
 from tests.private_redis import flushed, private_redis_url
@@ -216,6 +216,22 @@ def test_broker_lost_mid_call_knows_only_whole_pipelines(tmp_path: Path) -> None
 def test_an_invalid_dict_stops_the_batch_before_anything_is_sent(broker: redis.Redis) -> None:
     with Publisher(REDIS_URL, QUEUE) as publisher, pytest.raises(ValidationError):
         publisher.publish([event(1), event(2, colour="red")])
+    assert broker.llen(QUEUE) == 0
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    ({"occurred_at": "9999-12-31T00:00:00Z"}, "occurred_at: is more than 300 s in the future"),
+    ({"occurred_at": "9999-12-31T23:59:59-14:00"}, "occurred_at: out of range once converted to UTC"),
+    ({"product_id": "shoes/red"}, "product_id: must not contain '/'"),
+    ({"event_id": "e\x00"}, "event_id: contains a NUL character"),
+])
+def test_the_publisher_refuses_what_the_api_refuses(
+    broker: redis.Redis, bad: dict[str, str], reason: str,
+) -> None:
+    """The Python producer's door is the same contract (shared.events), not a copy of it."""
+    with Publisher(REDIS_URL, QUEUE) as publisher, pytest.raises(ValidationError) as info:
+        publisher.publish([event(1), event(2, **bad)])
+    assert format_errors(info.value)[0].startswith(reason)
     assert broker.llen(QUEUE) == 0
 
 
