@@ -1,8 +1,12 @@
 """``tagger publish FILE``: validate a JSONL or CSV file of upload events and send the good ones.
 
+Lines are validated by the one event contract (:mod:`shared.events`), the API's: the same
+``occurred_at`` bounds (TAGGER_EVENT_*), id rules and JSON bounds.
+
 Exit codes: 0 every line accepted; 1 some lines rejected (the accepted ones are still published);
 2 unusable input or broker (nothing, or only part, was published; the message says how many are known
-to be queued).
+to be queued). A line nested deeper than the JSON bound is not an event at all: the file is unusable
+(exit 2, nothing sent).
 """
 
 from __future__ import annotations

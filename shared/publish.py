@@ -106,7 +106,9 @@ class Publisher:
         """Validate every event, then send one task message each, pipelined over one pooled connection.
 
         Validation happens before the first send, so an invalid dict raises ``ValidationError`` and
-        nothing is published. Messages go out in Redis pipelines of up to :data:`PIPELINE_EVENTS`
+        nothing is published; it is the API's contract (:class:`ProductUploaded`), with the
+        ``occurred_at`` bounds of this process's settings (``TAGGER_EVENT_EARLIEST``/``_MAX_SKEW_S``).
+        Messages go out in Redis pipelines of up to :data:`PIPELINE_EVENTS`
         (one round trip each instead of one per event), each confirmed before the next is built.
         Returns the Celery task ids. Sending is at-least-once: on ``BrokerUnavailable`` its ``sent``
         says which prefix is known queued; re-publish the rest (the worker de-duplicates by
