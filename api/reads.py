@@ -67,7 +67,9 @@ class Tag(BaseModel):
         None, description="Why the tag is in the review queue beyond its score: 'out_of_domain' (the "
         "product is unlike the model's training data), 'contradiction' (it contradicted another applied "
         "tag of the product), 'disagreement' (the title alone and the photo alone named different "
-        "values), 'paused' (its value's auto-apply is switched off by the live audit), or "
+        "values), 'one_input' (the product came with a title or a photo only, and that input alone is "
+        "not precise enough on this axis), 'paused' (its value's auto-apply is switched off by the live "
+        "audit), or "
         "'audit' (an APPLIED auto tag sampled for a person to check); null when the score alone decided. "
         "Kept after a person decides. New values may be added.")
     evidence: TagEvidence | None = Field(None, description="Why the model named it.")

@@ -48,8 +48,8 @@ class Candidate(BaseModel):
     reason: str | None = Field(
         None, description="Why this value is here beyond its score: 'audit' (the model applied it; a "
         "sample a person checks), 'paused' (its score would have applied it, but the live audit switched "
-        "the value off), 'out_of_domain', 'contradiction' or 'disagreement' (held back); null: the "
-        "score alone.")
+        "the value off), 'out_of_domain', 'contradiction', 'disagreement' or 'one_input' (held back); "
+        "null: the score alone.")
 
 
 class ReviewItem(BaseModel):

@@ -18,7 +18,7 @@ import numpy as np
 from shared.config import get_settings
 from shared.ml.artifact import load_artifact, save_artifact
 from shared.ml.cache import EmbeddingCache
-from shared.ml.evidence import fit_trust, input_evidence, trusted_axes
+from shared.ml.evidence import alone_axes, fit_trust, input_evidence, trusted_axes
 from shared.ml.features import image_features, text_features
 from shared.ml.head_training import Features, HeadTrainConfig
 from shared.ml.labels import targets
@@ -56,10 +56,11 @@ def main() -> None:
                                      tagger.device), {n: v[cal] for n, v in y.items()}, target,
                       cfg.confidence)
     trusted = trusted_axes(table)
+    alone = alone_axes(table)
     v = feats.take(val)
     report = {m: _validation_report(tagger.head, tagger.axes, v.only(m), {n: a[val] for n, a in y.items()},
                                     tagger.device, tagger.guard, tagger.consistency,
-                                    [texts[i] for i in val], tagger.text_encoder, m, trusted)
+                                    [texts[i] for i in val], tagger.text_encoder, m, table)
               for m in MODALITIES}
     art = load_artifact(args.model)
     m = dict(art.manifest)
@@ -73,7 +74,7 @@ def main() -> None:
                         "thresholds and guards unchanged"}}
     art.manifest = ModelManifest.model_validate(m).to_json()  # keys in the schema's order
     save_artifact(args.model, art)
-    print(f"{tagger.version}: trusted axes {sorted(trusted)}; "
+    print(f"{tagger.version}: trusted axes {sorted(trusted)}; alone {alone}; "
           f"{int(np.sum([r['title']['n'] for r in table['axes'].values()]))} solo title tags checked")
 
 

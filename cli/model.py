@@ -167,6 +167,7 @@ def predict(
             "model": tagger.version, "modalities": pred.modalities, "image_error": pred.image_error,
             "novelty": pred.novelty, "abstain_reason": pred.abstain_reason,
             "contradictions": pred.contradictions, "disagreements": pred.disagreements,
+            "one_input": pred.one_input,
             "tags": {a: [vars(t) for t in ts] for a, ts in pred.tags.items()},
             "evidence": pred.evidence,
         }))
@@ -192,6 +193,9 @@ def predict(
     if pred.contradictions:
         axes = ", ".join(pred.contradictions)
         console.print(f"[yellow]sent to review, they contradicted each other:[/] {axes}")
+    if pred.one_input:
+        console.print(f"[yellow]sent to review, one input alone is not sure enough for:[/] "
+                      f"{', '.join(pred.one_input)}")
     for axis in pred.disagreements:
         ev = pred.evidence[axis]
         console.print(f"[yellow]{axis} sent to review, title and photo disagree:[/] title alone "

@@ -115,6 +115,8 @@ def _held_back(pred: Any, axis: str) -> str | None:
         return "out_of_domain"
     if pred.disagreements:  # title and photo disagreed: nothing about the item is applied
         return "disagreement"
+    if axis in pred.one_input:  # e.g. its photo failed, and the title alone is not sure enough here
+        return "one_input"
     return "contradiction" if axis in pred.contradictions else None
 
 

@@ -22,7 +22,7 @@ TAG_SOURCES = ("model", "human")
 # check, 'paused' a tag held back because its value is switched off (auto_switches).
 # JSONB on PostgreSQL: indexable, comparable (a JSON column cannot even be sorted), compact.
 JSON_DOC = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-REVIEW_REASONS = ("out_of_domain", "contradiction", "disagreement", "audit", "paused")
+REVIEW_REASONS = ("out_of_domain", "contradiction", "disagreement", "one_input", "audit", "paused")
 AUDIT_REASONS = ("audit", "paused")  # people's decisions on these rows measure live precision
 EVENT_STATUSES = ("received", "tagged", "failed", "dead")
 MODEL_VERSION_STATUSES = ("candidate", "live", "retired", "rejected")

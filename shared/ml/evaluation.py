@@ -30,7 +30,8 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
     """Metrics over the items labelled on ``axis``; a label the model does not know is an error.
     ``auto`` (single-label, per item): whether its top value is auto-applied; default: its score
     reaches its threshold. ``abstain`` (per item): out of the model's domain, so nothing is applied.
-    ``withheld`` (per item): the item's tags held back (its title and photo disagreed).
+    ``withheld`` (per item): the axis's tags held back (shared.ml.evidence: the item's title and photo
+    disagreed, or it had one input, which may not apply this axis alone).
     ``estimated_accuracy`` is what the workers report without labels (the mean calibrated top-1
     score, shared.ml.live_accuracy): beside ``accuracy`` it shows the estimate's error."""
     if abstain is None:
@@ -58,7 +59,7 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
                                              zero_division=0)), 4),
             **_auto_summary(correct, auto),
             "abstentions": int(abstain[keep].sum()),
-            "disagreements": int(held.sum()),
+            "withheld": int(held.sum()),
         }
     keep = (y >= 0).all(axis=1)
     p, yy = probs[keep], y[keep]
@@ -78,7 +79,7 @@ def axis_metrics(axis: Axis, probs: np.ndarray, y: np.ndarray, auto: np.ndarray 
         "macro_f1": round(float(f1_score(truth, pred, average="macro", zero_division=0)), 4),
         **_auto_summary(correct, auto),
         "abstentions": int(abstain[keep].sum()),
-        "disagreements": int(held.sum()),
+        "withheld": int(held.sum()),
     }
 
 
@@ -93,8 +94,8 @@ def evaluate_probs(
     contradicts another auto tag: 0, checked, not assumed) and ``contradiction_reviews`` (items
     whose auto tag on it went to review because it contradicted another), over every item.
     ``abstain`` (per item): items the model judged out of its domain; none of their tags is applied.
-    ``withheld`` (per axis, per item): that axis applies nothing (the item's inputs disagreed,
-    shared.ml.evidence); the predictor withholds them before the joint decoding, and so does this."""
+    ``withheld`` (per axis, per item): that axis applies nothing (``Evidence.withheld``); the
+    predictor withholds them before the joint decoding, and so does this."""
     withheld = withheld or {}
     if consistency is None:
         return {a.name: axis_metrics(a, probs[a.name], y[a.name], abstain=abstain,

@@ -14,6 +14,11 @@ An input's solo opinion counts only on axes where it has earned trust: at traini
 calibration part, each input's solo auto tags must themselves reach the precision target (95%
 lower bound, :func:`fit_trust`). Without that, the photo alone — confident and often wrong about
 gender — sent 11% of clean fashion products' gender tags to review, 99% of them correct.
+
+The same table guards items that arrive with one input only (a title whose photo failed, a photo
+without a title): the fused thresholds were fitted on items with both, so an axis auto-applies
+from one input only where that input's solo auto tags reached the target; elsewhere its tags go
+to review with reason ``one_input``.
 """
 
 from __future__ import annotations
@@ -34,15 +39,32 @@ BATCH = 2048
 @dataclass
 class Evidence:
     """Per axis: input shares (n x 2: title, photo; None for a head without gates) and the
-    calibrated probabilities from the title alone and from the photo alone. ``both``: items that
-    had both inputs, the only ones whose single-input predictions mean anything."""
+    calibrated probabilities from the title alone and from the photo alone; which items had a
+    title and which a photo. ``trusted``: axes on which both inputs' solo opinions count;
+    ``alone``: per input, the axes it may auto-apply on its own (None: no limit, older models)."""
 
     axes: list[Axis]
     shares: dict[str, np.ndarray] | None
     title: dict[str, np.ndarray]
     photo: dict[str, np.ndarray]
-    both: np.ndarray
-    trusted: frozenset[str] = frozenset()  # axes on which both inputs' solo opinions count
+    has_title: np.ndarray
+    has_photo: np.ndarray
+    trusted: frozenset[str] = frozenset()
+    alone: dict[str, frozenset[str]] | None = None
+
+    @property
+    def both(self) -> np.ndarray:
+        """Items with both inputs: the only ones whose single-input predictions mean anything."""
+        return self.has_title & self.has_photo
+
+    def one_input(self) -> dict[str, np.ndarray]:
+        """Per axis, the items that came with one input only which may not auto-apply it alone."""
+        n = len(self.has_title)
+        if self.alone is None:
+            return {a.name: np.zeros(n, bool) for a in self.axes}
+        title_only, photo_only = self.has_title & ~self.has_photo, self.has_photo & ~self.has_title
+        return {a.name: (title_only & (a.name not in self.alone["title"]))
+                | (photo_only & (a.name not in self.alone["photo"])) for a in self.axes}
 
     def disagreements(self) -> dict[str, np.ndarray]:
         """Per single-label axis, the items whose title alone and photo alone would each have
@@ -69,9 +91,10 @@ class Evidence:
         return held
 
     def withheld(self) -> dict[str, np.ndarray]:
-        """What evaluation withholds, per axis: every axis of a held item."""
-        held = self.held()
-        return {a.name: held for a in self.axes}
+        """What evaluation withholds, per axis: every axis of a held item, and the axes an item
+        with one input may not apply from it alone."""
+        held, one = self.held(), self.one_input()
+        return {a.name: held | one[a.name] for a in self.axes}
 
     def item(self, k: int, axis: Axis) -> dict:
         """One item's evidence on one axis, as stored with its tags and returned by the read API."""
@@ -92,10 +115,14 @@ def _probs(head: FusionHead, axes: list[Axis], tensors: tuple[torch.Tensor, ...]
     return {a.name: probabilities(a, out[a.name].float().cpu().numpy()) for a in axes}
 
 
-def fit_trust(ev: Evidence, y: dict[str, np.ndarray], target: float, confidence: float) -> dict:
+def fit_trust(ev: Evidence, y: dict[str, np.ndarray], target: float, confidence: float) -> dict | None:
     """Per single-label axis, each input's solo auto tags on held-out items that had both inputs:
     how many (``n``), how many right (``hits``) and the lower bound of their precision; the axis is
-    ``trusted`` when both bounds reach ``target``. Stored in the manifest (``disagreement``)."""
+    ``trusted`` when both bounds reach ``target``. Stored in the manifest (``disagreement``).
+    None for a catalogue of one input (titles only, photos only): its thresholds were fitted on
+    that input alone, and there is nothing to disagree."""
+    if not ev.both.any():
+        return None
     axes = {}
     for a in ev.axes:
         if a.kind != "single" or a.name not in y:
@@ -120,15 +147,24 @@ def trusted_axes(doc: dict | None) -> frozenset[str]:
     return frozenset(n for n, r in (doc or {}).get("axes", {}).items() if r.get("trusted"))
 
 
+def alone_axes(doc: dict | None) -> dict[str, frozenset[str]] | None:
+    """Per input, the axes where its solo auto tags reached the target (None without a table).
+    Multi-label axes are not in the table: one input alone never auto-applies them."""
+    rows = (doc or {}).get("axes", {})
+    if not any(r["title"]["n"] or r["photo"]["n"] for r in rows.values()):
+        return None  # no item had both inputs: the thresholds are the one input's own
+    return {key: frozenset(n for n, r in rows.items() if r[key]["lower"] >= doc["target"])
+            for key in ("title", "photo")}
+
+
 @torch.inference_mode()
 def input_evidence(
     head: FusionHead, axes: list[Axis], text: np.ndarray, text_mask: np.ndarray,
     image: np.ndarray, image_mask: np.ndarray, device: torch.device,
-    trusted: frozenset[str] = frozenset(),
+    trusted: frozenset[str] = frozenset(), alone: dict[str, frozenset[str]] | None = None,
 ) -> Evidence:
     """The evidence of ready-made features: gate weights and single-input probabilities."""
     n = len(text)
-    both = np.asarray(text_mask, bool) & np.asarray(image_mask, bool)
     parts: dict[str, dict[str, list[np.ndarray]]] = {"shares": {}, "title": {}, "photo": {}}
     gated = head.cfg.fusion == "gated"
     for s in range(0, n, BATCH):
@@ -154,6 +190,6 @@ def input_evidence(
         shares={a.name: joined("shares", a, 2) for a in axes} if gated else None,
         title={a.name: joined("title", a, len(a.values)) for a in axes},
         photo={a.name: joined("photo", a, len(a.values)) for a in axes},
-        both=both,
-        trusted=trusted,
+        has_title=np.asarray(text_mask, bool), has_photo=np.asarray(image_mask, bool),
+        trusted=trusted, alone=alone,
     )

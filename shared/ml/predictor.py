@@ -15,7 +15,7 @@ from shared.ml.artifact import Artifact, load_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import probabilities
 from shared.ml.consistency import Consistency
-from shared.ml.evidence import Evidence, input_evidence, trusted_axes
+from shared.ml.evidence import Evidence, alone_axes, input_evidence, trusted_axes
 from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
@@ -61,6 +61,8 @@ class Prediction:
     # Axes whose title and photo alone would each have applied a different value: then no tag of
     # the item is auto (shared.ml.evidence).
     disagreements: list[str] = field(default_factory=list)
+    # Axes the item's one input may not auto-apply alone (shared.ml.evidence).
+    one_input: list[str] = field(default_factory=list)
     evidence: dict[str, dict] = field(default_factory=dict)  # per axis: shares, single-input values
 
     def top(self, axis: str) -> TagScore | None:
@@ -126,6 +128,7 @@ class Tagger:
         self.consistency = Consistency.from_json(doc) if doc else None
         # Axes whose title and photo may disagree (shared.ml.evidence); none for older models.
         self.trusted = trusted_axes(self.manifest.get("disagreement"))
+        self.alone = alone_axes(self.manifest.get("disagreement"))
 
     def _guard(self) -> NoveltyGuard | None:
         """The artifact's novelty guard; older artifacts have none, and then nothing abstains."""
@@ -179,7 +182,7 @@ class Tagger:
         """Input shares and single-input predictions of ready-made features (shared.ml.evidence);
         evaluation withholds the same disagreements as :meth:`predict`."""
         return input_evidence(self.head, self.axes, text, text_mask, image, image_mask, self.device,
-                              self.trusted)
+                              self.trusted, self.alone)
 
     def features(self, items: list[Item], watch: Stopwatch | None = None) -> tuple[np.ndarray, ...]:
         """Text and image features; ``watch`` gets "decode" (photos) and "encode" (both encoders)."""
@@ -238,7 +241,7 @@ class Tagger:
         """Top-k values per axis with auto/review status, from calibrated probabilities; an axis
         whose title and photo alone disagree on some axis applies nothing (``disagreements``)."""
         disagree = ev.disagreements()
-        held = ev.held()
+        held, one = ev.held(), ev.one_input()
         preds = []
         for k in range(len(items)):
             p = Prediction(image_error=errors[k],
@@ -258,7 +261,9 @@ class Tagger:
                 p.evidence[a.name] = ev.item(k, a)
                 if a.name in disagree and disagree[a.name][k]:
                     p.disagreements.append(a.name)
-                if held[k]:
+                if one[a.name][k]:
+                    p.one_input.append(a.name)
+                if held[k] or one[a.name][k]:
                     for t in p.tags[a.name]:
                         t.status = REVIEW
             preds.append(p)

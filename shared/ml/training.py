@@ -22,7 +22,7 @@ from shared.ml.consistency import Consistency
 from shared.ml.cross_fit import cross_fit_logits, head_logits
 from shared.ml.dataset import AxisKind, Record, content_hash, load_manifest, load_records, read_images
 from shared.ml.evaluation import evaluate_probs
-from shared.ml.evidence import fit_trust, input_evidence, trusted_axes
+from shared.ml.evidence import alone_axes, fit_trust, input_evidence, trusted_axes
 from shared.ml.features import image_features, text_features
 from shared.ml.head import FusionHead
 from shared.ml.head_training import Features, HeadTrainConfig, train_head
@@ -201,14 +201,14 @@ def calibration_scores(
 def _validation_report(head: FusionHead, axes: list[Axis], f: Features, y: dict[str, np.ndarray],
                        device: torch.device, guard: NoveltyGuard, consistency: Consistency,
                        texts: list[str], text_enc: TextEncoder, modality: str,
-                       trusted: frozenset[str]) -> dict:
+                       disagreement: dict) -> dict:
     """The validation metrics of what the product would apply: abstaining out of domain and
     decoding auto tags jointly, as the predictor does (shared.ml.evaluation)."""
     if modality == "image":
         texts = [""] * len(texts)
     nov = guard.score(texts, f.text, f.text_mask, f.image, f.image_mask, text_enc.tokenizer)
     withheld = input_evidence(head, axes, f.text, f.text_mask, f.image, f.image_mask,
-                              device, trusted).withheld()
+                              device, trusted_axes(disagreement), alone_axes(disagreement)).withheld()
     return evaluate_probs(axes, logits_to_probs(head, axes, f, device), y, consistency, axes,
                           nov.novel, withheld)
 
@@ -283,10 +283,9 @@ def train_prepared(
     c = part["calibration"]
     disagreement = fit_trust(input_evidence(head, axes, c.text, c.text_mask, c.image, c.image_mask,
                                             device), ys["calibration"], target, cfg.confidence)
-    trusted = trusted_axes(disagreement)
     report = {m: _validation_report(head, axes, part["validation"].only(m), ys["validation"], device, guard,
                                     consistency, [texts[i] for i in data.parts["validation"]], text_enc, m,
-                                    trusted)
+                                    disagreement)
               for m in MODALITIES}
     timings["total_s"] = time.perf_counter() - started
     created = datetime.now(UTC)

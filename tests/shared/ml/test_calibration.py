@@ -123,7 +123,7 @@ def test_multi_label_values_are_bounded_over_their_proposals() -> None:
     assert axis.thresholds["b"] == NEVER
     m = axis_metrics(axis, probs, y)
     assert set(m) == {"n", "micro_f1", "macro_f1", "auto_precision", "auto_precision_lower", "auto_coverage",
-                      "abstentions", "disagreements"}
+                      "abstentions", "withheld"}
     assert m["auto_precision"] >= 0.9 and m["auto_precision_lower"] <= m["auto_precision"]
 
 

@@ -8,7 +8,7 @@ import pytest
 from shared.config import Settings
 from shared.ml.dataset import load_manifest, load_records, read_images
 from shared.ml.evaluation import evaluate_probs
-from shared.ml.evidence import Evidence, fit_trust
+from shared.ml.evidence import Evidence, alone_axes, fit_trust
 from shared.ml.labels import Axis
 from shared.ml.predictor import AUTO, Item, Tagger
 
@@ -73,13 +73,14 @@ def test_disagreement_needs_both_inputs_each_sure_enough_to_apply_alone() -> Non
     a.thresholds = {"Red": 0.85, "Blue": 0.7}
     title = np.array([[.9, .1], [.9, .1], [.9, .1], [.2, .8], [.8, .2]])
     photo = np.array([[.2, .8], [.2, .8], [.95, .05], [.9, .1], [.1, .9]])
-    both = np.array([True, False, True, True, True])
-    ev = Evidence([a], None, {"colour": title}, {"colour": photo}, both, frozenset({"colour"}))
+    photo_ok = np.array([True, False, True, True, True])
+    has = np.ones(5, bool)
+    ev = Evidence([a], None, {"colour": title}, {"colour": photo}, has, photo_ok, frozenset({"colour"}))
     # 0: both apply, different -> yes; 1: no photo -> no; 2: agree -> no;
     # 3: Blue .8 >= .7 and Red .9 >= .85 -> yes; 4: title's Red .8 < .85 -> no
     assert ev.disagreements()["colour"].tolist() == [True, False, False, True, False]
     assert ev.held().tolist() == [True, False, False, True, False]
-    untrusted = Evidence([a], None, {"colour": title}, {"colour": photo}, both)
+    untrusted = Evidence([a], None, {"colour": title}, {"colour": photo}, has, photo_ok)
     assert not untrusted.held().any()  # an input not trusted alone on the axis never disagrees
 
 
@@ -91,7 +92,7 @@ def test_trust_needs_each_input_alone_to_reach_the_target() -> None:
     title = np.tile([.95, .05], (n, 1))  # always right, sure
     photo = np.tile([.95, .05], (n, 1))
     photo[:40] = [.1, .9]  # sure and wrong on 10%
-    ev = Evidence([a], None, {"colour": title}, {"colour": photo}, np.ones(n, bool))
+    ev = Evidence([a], None, {"colour": title}, {"colour": photo}, np.ones(n, bool), np.ones(n, bool))
     table = fit_trust(ev, {"colour": y}, target=0.98, confidence=0.95)
     row = table["axes"]["colour"]
     assert (row["title"]["n"], row["title"]["hits"]) == (n, n) and row["title"]["lower"] > 0.99
@@ -109,4 +110,34 @@ def test_evaluation_withholds_and_counts_disagreements() -> None:
     after = evaluate_probs([a], probs, y, withheld={"colour": np.array([False, True, False])})["colour"]
     assert (before["auto_coverage"], before["auto_precision"]) == (1.0, pytest.approx(2 / 3, abs=1e-4))
     assert (after["auto_coverage"], after["auto_precision"]) == (pytest.approx(2 / 3, abs=1e-4), 1.0)
-    assert (before["disagreements"], after["disagreements"]) == (0, 1)
+    assert (before["withheld"], after["withheld"]) == (0, 1)
+
+
+def test_one_input_applies_only_where_that_input_alone_reached_the_target() -> None:
+    a, b = _axis(), Axis(name="type", kind="single", values=["Shoe", "Bag"])
+    def row(title: float, photo: float) -> dict:
+        return {"title": {"n": 500, "hits": 0, "lower": title},
+                "photo": {"n": 500, "hits": 0, "lower": photo}, "trusted": False}
+
+    table = {"target": 0.98, "axes": {"colour": row(0.94, 0.99), "type": row(0.994, 0.92)}}
+    alone = alone_axes(table)
+    assert alone == {"title": frozenset({"type"}), "photo": frozenset({"colour"})}
+    probs = {"colour": np.tile([.9, .1], (3, 1)), "type": np.tile([.9, .1], (3, 1))}
+    ev = Evidence([a, b], None, probs, probs, np.array([True, True, False]), np.array([True, False, True]),
+                  alone=alone)
+    one = ev.one_input()  # item 0 has both; 1 only a title; 2 only a photo
+    assert one["colour"].tolist() == [False, True, False] and one["type"].tolist() == [False, False, True]
+    assert ev.withheld()["colour"].tolist() == [False, True, False]
+    # A catalogue of one input (no item had both): no table, no limit.
+    empty = {k: {"n": 0, "hits": 0, "lower": 0.0} for k in ("title", "photo")}
+    assert alone_axes({"target": 0.98, "axes": {"colour": {**empty, "trusted": False}}}) is None
+    assert alone_axes(None) is None
+
+
+def test_a_title_whose_photo_failed_applies_only_what_the_title_alone_may(shipped: Tagger) -> None:
+    (p,) = shipped.predict([Item("Nike Men Navy Blue Running Sports Shoes")])
+    assert shipped.alone is not None and p.one_input
+    for a in shipped.axes:
+        statuses = {t.status for t in p.tags[a.name]}
+        if a.name in p.one_input:
+            assert a.name not in shipped.alone["title"] and statuses == {"review"}
