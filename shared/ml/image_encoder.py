@@ -159,8 +159,11 @@ class ImageEncoder:
             return img.convert("RGB")
         except ImageDecodeError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageDecodeError(f"cannot decode image: {exc}") from None
+        except UnidentifiedImageError:  # Pillow's own message names an in-memory object, not the image
+            raise ImageDecodeError("cannot decode image: not a recognised image format "
+                                   f"(starts with {data[:8]!r})") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
 
     def _prepare(self, data: bytes) -> tuple[torch.Tensor, np.ndarray]:
         img = self.decode(data)

@@ -63,7 +63,8 @@ def test_bad_images_get_a_reason_not_an_exception(image_encoder: ImageEncoder) -
     good = _png(60, 80)
     emb, errors = image_encoder.encode(
         [b"\xff\xd8\xff not really a jpeg", None, _png(2000, 1000), good, b""])
-    assert errors[0].startswith("cannot decode image")
+    assert errors[0].startswith("cannot decode image: not a recognised image format")
+    assert "object at 0x" not in errors[0]  # never the repr of an in-memory buffer
     assert errors[1] == "no image"
     assert "over the 1000000 pixel limit" in errors[2]
     assert errors[3] is None
