@@ -108,6 +108,11 @@ def train(
     ] = 5,
     confidence: Annotated[float, typer.Option(
         help="Confidence of that lower bound (one-sided Clopper-Pearson).")] = 0.95,
+    label_smoothing: Annotated[float, typer.Option(
+        help="Head label smoothing; 0 sharpens the top scores (more auto coverage, a little less "
+        "accuracy: docs/MODEL.md).")] = 0.05,
+    class_weight_power: Annotated[float, typer.Option(
+        help="Class weight = count^-power in the head's loss; 0: unweighted.")] = 0.3,
     holdout: Annotated[Path | None, typer.Option(
         help="File of record ids, one per line: the validation part (e.g. a catalogue's official "
         "test split) instead of a random grouped tenth.")] = None,
@@ -120,7 +125,9 @@ def train(
     cfg = TrainConfig(seed=seed, finetune_text=not no_finetune_text, text_epochs=text_epochs,
                       target_precision=target_precision, calibration_folds=calibration_folds,
                       confidence=confidence,
-                      head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed))
+                      head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed,
+                                           label_smoothing=label_smoothing,
+                                           class_weight_power=class_weight_power))
     try:
         from shared.ml.dataset import read_ids
 

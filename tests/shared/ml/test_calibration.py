@@ -161,12 +161,15 @@ def test_cross_fitted_training_only_auto_applies_bounded_values(
     res = CliRunner().invoke(app, [
         "train", "--dataset", str(sample_manifest), "--out", str(tmp_path / "m"),
         "--text-epochs", "1", "--head-epochs", "15", "--target-precision", str(target),
-        "--calibration-folds", "3", "--confidence", "0.9", "--holdout", str(tmp_path / "held.txt")])
+        "--calibration-folds", "3", "--confidence", "0.9", "--holdout", str(tmp_path / "held.txt"),
+        "--label-smoothing", "0", "--class-weight-power", "0"])
     get_settings.cache_clear()
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m" / "manifest.json").read_text())
     cal, n = m["training"]["calibration"], m["training"]["n"]
     assert n["validation"] == 30
+    head_cfg = m["training"]["config"]["head"]
+    assert (head_cfg["label_smoothing"], head_cfg["class_weight_power"]) == (0, 0)
     assert cal["method"] == "cross-fit" and cal["k"] == 3 and cal["confidence"] == 0.9
     assert cal["n"] == n["train"] + n["calibration"] == sum(f["scored"] for f in cal["folds"])
     assert "calibration_s" in m["training"]["timings_s"]
