@@ -156,6 +156,11 @@ class DeadLetter(Base):
     reason: Mapped[str]
     attempts: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Replays (migration 0006, shared/db/dead_letters.py): when the event was last sent back through the
+    # queue (NULL: never) and how many times. A replayed event that dies again keeps both: the worker's
+    # upsert rewrites only payload, reason and attempts.
+    replayed_at: Mapped[datetime | None]
+    replays: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class ModelVersion(Base):
