@@ -9,7 +9,19 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from api import audit, errors, health, images, ingest, metrics, openapi, reads, review, review_page
+from api import (
+    audit,
+    dead_letters,
+    errors,
+    health,
+    images,
+    ingest,
+    metrics,
+    openapi,
+    reads,
+    review,
+    review_page,
+)
 from api.config import ApiSettings
 from api.guards import plain_parameters
 from api.state import AppState
@@ -48,6 +60,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     app.include_router(reads.router)
     app.include_router(review.router)
     app.include_router(audit.router)
+    app.include_router(dead_letters.router)
     app.include_router(images.router)
     app.include_router(review_page.router)
     review_page.mount_static(app)
