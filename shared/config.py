@@ -96,7 +96,26 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(
         0.25, gt=0, description="Longest wait before a partial batch runs (flush_interval)."
     )
-    max_attempts: int = Field(3, ge=1, description="Deliveries of an event before it is dead-lettered.")
+    max_attempts: int = Field(
+        3, ge=1, description="Failures caused by an event before it is dead-lettered (an outage of the "
+        "database or broker is not the event's fault and never counts).",
+    )
+    outage_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest pause between a worker's probes of a database it cannot reach "
+        "(doubling from 0.5 s); the batch in hand waits, unacked, and no new batch starts meanwhile.",
+    )
+    outage_max_wait_s: float = Field(
+        900.0, gt=0, description="After this long waiting for the database, a worker hands its batch back "
+        "to the broker (requeued, no attempt counted) and goes on waiting before it takes the next one.",
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Worker: serve /metrics and /readyz (200 while the model is "
+        "loaded and the database answers, else 503) on this port; unset: none.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker's metrics port binds: loopback unless a scraper on "
+        "another host needs it (then put it on a private network: it has no auth).",
+    )
     # --- event validation at every door (issue 11; shared/events.py) ---------------------------
     event_earliest: AwareDatetime = Field(
         datetime(2000, 1, 1, tzinfo=UTC), description="Earliest occurred_at an event may carry (ISO 8601 "

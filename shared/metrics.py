@@ -6,10 +6,12 @@ Every helper swallows its own errors: a metrics problem must never fail a reques
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 log = logging.getLogger("tagger.metrics")
 
@@ -28,6 +30,10 @@ batch_size = Histogram("tagger_batch_size", "Deliveries per tagging batch.",
 stage_seconds = Histogram("tagger_stage_seconds", "Seconds spent per tagging stage.", ["stage"])
 failures_total = Counter("tagger_failures_total", "Tagging failures by reason.", ["reason"])
 live_model = Gauge("tagger_live_model", "1 for the model version this process serves.", ["version"])
+worker_database_up = Gauge("tagger_worker_database_up", "1 while this worker's last database write or "
+                           "probe succeeded, 0 while it waits for the database (no attempt is counted).")
+outage_waits_total = Counter("tagger_outage_waits_total", "Batches that waited for an unreachable "
+                             "database instead of failing.")
 estimated_accuracy = Gauge(
     "tagger_estimated_accuracy", "Accuracy of the served model estimated without labels from its calibrated "
     "top-1 scores (CBPE) over the worker's last TAGGER_ACCURACY_WINDOW items, per single-label axis.",
@@ -197,18 +203,51 @@ def set_audit_switches(rows: Iterable[tuple[str, str, bool, float, float, int]] 
 _server_started = False
 
 
-def start_worker_server(raw: str | None) -> int | None:
-    """Serve this process's metrics on port ``raw`` (``TAGGER_METRICS_PORT``) if set; the port, or None."""
+def _silent_handler() -> type:
+    from wsgiref.simple_server import WSGIRequestHandler
+
+    class Silent(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the stdlib's name)
+            """Scrapes and probes every few seconds would drown the worker's log."""
+
+    return Silent
+
+
+def worker_app(readiness: Callable[[], tuple[bool, dict[str, object]]]) -> Callable:
+    """WSGI app of a worker's port: ``/readyz`` (200 ready, 503 not, JSON body saying why), the rest
+    is prometheus_client's exposition (``/metrics``)."""
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/readyz":
+            ok, detail = readiness()
+            body = json.dumps({"ready": ok, **detail}).encode()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def start_worker_server(port: int | None, host: str = "127.0.0.1",
+                        readiness: Callable[[], tuple[bool, dict[str, object]]] | None = None) -> int | None:
+    """Serve this process's ``/metrics`` and ``/readyz`` on ``host:port`` (``TAGGER_METRICS_HOST``,
+    ``TAGGER_METRICS_PORT``) if a port is set; the port, or None. Loopback by default: it has no auth."""
     global _server_started
-    raw = (raw or "").strip()
-    if not raw or _server_started:
+    if not port or _server_started:
         return None
     try:
-        port = int(raw)
-        start_http_server(port)
-    except Exception as exc:  # a bad value or a taken port (prefork children) must not stop the worker
-        log.warning("metrics_server_not_started port=%s error=%s", raw, exc)
+        from wsgiref.simple_server import make_server
+
+        from prometheus_client.exposition import ThreadingWSGIServer
+
+        server = make_server(host, port, worker_app(readiness or (lambda: (True, {}))),
+                             ThreadingWSGIServer, handler_class=_silent_handler())
+        threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True).start()
+    except Exception as exc:  # a taken port (prefork children) must not stop the worker
+        log.warning("metrics_server_not_started host=%s port=%s error=%s", host, port, exc)
         return None
     _server_started = True
-    log.info("metrics_server_started port=%d", port)
+    log.info("metrics_server_started host=%s port=%d", host, port)
     return port

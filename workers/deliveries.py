@@ -119,11 +119,14 @@ def _requeue(app: Any, s: Settings, d: Delivery, reason: str) -> None:
                   queue=TAG_PRODUCT.queue_name(s), countdown=min(2 ** d.attempt, MAX_BACKOFF_S))
 
 
-def requeue_or_dead_letter(app: Any, s: Settings, deliveries: list[Delivery], exc: Exception) -> list[str]:
+def requeue_or_dead_letter(app: Any, s: Settings, deliveries: list[Delivery], reason: str) -> list[str]:
     """Hand on every delivery of a failed batch: dead-letter those that are due (out of attempts, or
     malformed), re-enqueue the rest with ``attempt + 1`` after a back-off. A dead letter that cannot
-    be written is re-enqueued instead. Returns the request ids that could be neither."""
-    reason = f"{type(exc).__name__}: {exc}"[:2000]
+    be written is re-enqueued instead. Returns the request ids that could be neither.
+
+    ``reason`` is the failure's kind (e.g. ``infer: RuntimeError``), never its message: a message may
+    quote another event's data, and the reason travels with every event of the batch."""
+    reason = reason[:2000]
     db_up = True
     unhanded: list[str] = []
     for d in deliveries:

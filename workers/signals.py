@@ -30,8 +30,11 @@ def _load_or_exit(app: Any) -> None:
         # A worker without a model would ack nothing and hold its prefetched messages.
         os._exit(3)
     from shared.metrics import start_worker_server
+    from workers.readiness import readiness
+    from workers.tagging import runtime
 
-    start_worker_server(os.environ.get("TAGGER_METRICS_PORT"))  # nothing when unset
+    s = runtime().settings
+    start_worker_server(s.metrics_port, s.metrics_host, readiness)  # nothing when no port is set
 
 
 def _is_prefork(worker: Any) -> bool:

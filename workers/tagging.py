@@ -17,8 +17,8 @@ from typing import Any
 
 from shared import audit
 from shared.config import Settings, get_settings
-from shared.db.session import session_scope
-from shared.db.tags import TaggingResult, apply_batch, product_content_hash
+from shared.db.faults import describe
+from shared.db.tags import TaggingResult, product_content_hash
 from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
 from shared.metrics import count_failure, observe_batch, set_accuracy
@@ -26,8 +26,10 @@ from shared.ml.live_accuracy import RollingAccuracy
 from shared.stopwatch import Stopwatch
 from workers.audit import SwitchWatcher
 from workers.batching import UNACKED
-from workers.deliveries import Delivery, dead_letter, decode, requeue_or_dead_letter
+from workers.deliveries import Delivery, decode, requeue_or_dead_letter
 from workers.hotswap import ModelWatcher, announce, warm_up
+from workers.readiness import mark_model_loaded, readiness, wait_for_database
+from workers.writes import OutageTimeout, write
 
 log = logging.getLogger("workers.tagging")
 
@@ -69,6 +71,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             tagger = rt.tagger
             _runtime = rt
             announce(rt)
+            mark_model_loaded()
             log.info("model_loaded version=%s device=%s torch_threads=%d ms=%d", tagger.version,
                      tagger.device, threads, (time.perf_counter() - t0) * 1000)
         return _runtime
@@ -148,43 +151,70 @@ def _observe_accuracy(rt: Runtime, preds: list[Any]) -> None:
 
 
 def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
-    """Tag one batch; returns a small report (also logged as one line). Never raises: a failed
-    batch is re-enqueued or dead-lettered event by event, and what could not be handed on is
+    """Tag one batch; returns a small report (also logged as one line). Never raises.
+
+    While the database is unreachable the batch waits for it, unacked, and the worker is not ready
+    (:mod:`workers.writes`): an outage counts no attempt and dead-letters nothing. A write the database
+    refuses is narrowed down to the events that cause it. A failed inference re-enqueues or
+    dead-letters the batch event by event (attempts counted). What could be handed on neither way is
     listed under ``UNACKED`` so it is not acked."""
     t0 = time.perf_counter()
+    s = rt.settings
+    every = [r.id for r in requests]
+    if not readiness()[1]["database_up"] and not wait_for_database(
+            s.database_url, s.outage_backoff_max_s, s.outage_max_wait_s):
+        # Still down: no inference for nothing; the broker keeps the batch, the next one waits again.
+        log.warning("batch_handed_back n=%d reason=database_unreachable", len(requests))
+        return {"n": len(requests), "handed_back": len(requests), UNACKED: every}
     if rt.watcher is not None:
         rt.watcher.poll()  # cheap: at most one short query every few seconds
     off = rt.switches.poll() if rt.switches is not None else frozenset()  # likewise
     tagger = rt.tagger  # one model for the whole batch, even if a swap lands meanwhile
-    deliveries = [decode(req, rt.settings.max_attempts) for req in requests]
+    deliveries = [decode(req, s.max_attempts) for req in requests]
     todo = [d for d in deliveries if d.reason is None]
     given_up = [d for d in deliveries if d.reason is not None]
     watch = Stopwatch()
     try:
         outcomes = infer(rt, [d.event for d in todo], tagger, watch) if todo else []
         version = tagger.version
-        results = [_result(d, p, ie, version, off, rt.settings.audit_rate)
+        results = [_result(d, p, ie, version, off, s.audit_rate)
                    for d, (p, ie) in zip(todo, outcomes, strict=True)]
-        t_infer = time.perf_counter()
-        with watch.stage("write"), session_scope(rt.settings.database_url) as session:
-            apply_batch(session, results)
-            for d in given_up:
-                dead_letter(session, d, d.reason or "")
-    except Exception as exc:  # the whole batch failed: hand on each delivery
-        log.exception("batch_failed n=%d error=%s", len(requests), type(exc).__name__)
-        unhanded = requeue_or_dead_letter(app, rt.settings, deliveries, exc)
+    except Exception as exc:  # the model failed on the batch: hand on each delivery, attempts counted
+        log.exception("batch_failed stage=infer n=%d error=%s", len(requests), type(exc).__name__)
+        unhanded = requeue_or_dead_letter(app, s, deliveries, f"infer: {type(exc).__name__}")
         count_failure("batch", len(requests))
-        return {"n": len(requests), "failed": len(requests), "error": str(exc)[:500], UNACKED: unhanded}
+        return {"n": len(requests), "failed": len(requests), "error": f"infer: {type(exc).__name__}",
+                UNACKED: unhanded}
+    t_infer = time.perf_counter()
+    try:
+        with watch.stage("write"):
+            report = write(s, list(zip(todo, results, strict=True)), given_up)
+    except OutageTimeout as exc:
+        log.warning("batch_handed_back n=%d reason=database_unreachable error=%s", len(requests), exc)
+        return {"n": len(requests), "handed_back": len(requests), UNACKED: every}
+    except Exception as exc:  # not narrowed down (e.g. the dead letters themselves): attempts counted
+        reason = describe(exc)
+        log.error("batch_failed stage=write n=%d error=%s", len(requests), reason)
+        unhanded = requeue_or_dead_letter(app, s, deliveries, reason)
+        count_failure("batch", len(requests))
+        return {"n": len(requests), "failed": len(requests), "error": reason, UNACKED: unhanded}
+    unhanded = []
+    for d, reason in report.failed:  # a write that failed alone for no known reason: one more attempt
+        unhanded += requeue_or_dead_letter(app, s, [d], reason)
     done = time.perf_counter()
     if tagger is rt.tagger:  # after a swap mid-batch these scores are the old model's: not counted
         _observe_accuracy(rt, [p for p, _ in outcomes])
     image_errors = sum(1 for r in results if r.image_error)
     observe_batch(len(requests), {**watch.seconds, "infer": t_infer - t0})
     count_failure("image", image_errors)
+    count_failure("refused", len(report.refused))
     ms = watch.ms()
+    dead = len(given_up) + len(report.refused)
     log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d "
-             "fetch_ms=%d decode_ms=%d encode_ms=%d head_ms=%d",
-             len(requests), len(given_up), image_errors, version, (t_infer - t0) * 1000,
-             (done - t_infer) * 1000, *(ms.get(k, 0) for k in ("fetch", "decode", "encode", "head")))
-    return {"n": len(requests), "tagged": len(results), "dead_lettered": len(given_up),
-            "image_errors": image_errors, UNACKED: []}
+             "fetch_ms=%d decode_ms=%d encode_ms=%d head_ms=%d waited_s=%.1f",
+             len(requests), dead, image_errors, version, (t_infer - t0) * 1000,
+             (done - t_infer) * 1000, *(ms.get(k, 0) for k in ("fetch", "decode", "encode", "head")),
+             report.waited_s)
+    return {"n": len(requests), "tagged": len(results) - len(report.refused) - len(report.failed),
+            "dead_lettered": dead, "image_errors": image_errors, "refused": len(report.refused),
+            "waited_s": round(report.waited_s, 1), UNACKED: unhanded}

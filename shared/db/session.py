@@ -66,6 +66,9 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) ->
     were opened and closed on every busy request.
     """
     parsed = sa.make_url(url)
+    # Errors and logs never carry bound values: they are sellers' titles and URIs, and a failed
+    # batch's error would quote every event of it (issue 11).
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
         if path is not None:
@@ -79,6 +82,9 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) ->
         kwargs.setdefault("max_overflow", settings.db_max_overflow)
     # Long-lived workers outlive database restarts: test a pooled connection before using it.
     kwargs.setdefault("pool_pre_ping", True)
+    # An unreachable host fails in seconds, not at the kernel's TCP timeout (a worker probes it).
+    if parsed.get_backend_name() == "postgresql":
+        kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", 10)
     return sa.create_engine(parsed, **kwargs)
 
 

@@ -68,7 +68,7 @@ def test_decode_never_raises(kwargs: Any, attempt: int, reason: str | None) -> N
 def test_failed_batch_requeues_with_next_attempt_and_backoff(db_url: str) -> None:
     app, s = App(), Settings(database_url=db_url, max_attempts=3)
     first, second = Req({"event": event()}), Req({"event": event(), "attempt": 2})
-    left = requeue_or_dead_letter(app, s, [decode(first, 3), decode(second, 3)], RuntimeError("boom"))
+    left = requeue_or_dead_letter(app, s, [decode(first, 3), decode(second, 3)], "RuntimeError: boom")
     assert left == []
     assert [(m["attempt"], m["countdown"], m["last_error"]) for m in app.sent] == [
         (2, 2, "RuntimeError: boom"), (3, 4, "RuntimeError: boom")]
@@ -80,7 +80,7 @@ def test_last_attempt_and_malformed_are_dead_lettered_when_the_database_is_up(db
     app, s = App(), Settings(database_url=db_url, max_attempts=3)
     last = Req({"event": event(), "attempt": 3})
     malformed = Req({"event": {"event_id": f"bad-{uuid.uuid4().hex[:6]}"}})
-    assert requeue_or_dead_letter(app, s, [decode(last, 3), decode(malformed, 3)], RuntimeError("boom")) == []
+    assert requeue_or_dead_letter(app, s, [decode(last, 3), decode(malformed, 3)], "RuntimeError: boom") == []
     assert app.sent == []
     db = Db(db_url)
     try:
@@ -102,7 +102,7 @@ def test_a_tagged_event_is_not_dead_lettered_by_a_late_failing_copy(db_url: str)
             event_id=ev["event_id"], product_id=ev["product_id"], seller_id="s", title="t", description=None,
             image_uri=None, locale=None, occurred_at=datetime.now(UTC), content_hash="h", model_version="m")])
     app, s = App(), Settings(database_url=db_url, max_attempts=1)
-    assert requeue_or_dead_letter(app, s, [decode(Req({"event": ev}), 1)], RuntimeError("boom")) == []
+    assert requeue_or_dead_letter(app, s, [decode(Req({"event": ev}), 1)], "RuntimeError: boom") == []
     db = Db(db_url)
     try:
         assert db.events([ev["event_id"]])[ev["event_id"]]["status"] == "tagged"
@@ -114,7 +114,7 @@ def test_a_tagged_event_is_not_dead_lettered_by_a_late_failing_copy(db_url: str)
 def test_database_down_requeues_even_what_is_due_for_dead_letter() -> None:
     app, s = App(), Settings(database_url=DOWN_URL, max_attempts=2)
     due, malformed = Req({"event": event(), "attempt": 2}), Req({"event": {"event_id": "m"}})
-    assert requeue_or_dead_letter(app, s, [decode(due, 2), decode(malformed, 2)], RuntimeError("x")) == []
+    assert requeue_or_dead_letter(app, s, [decode(due, 2), decode(malformed, 2)], "RuntimeError: x") == []
     assert [m["attempt"] for m in app.sent] == [3, 2]
     assert decode(Req({k: v for k, v in app.sent[0].items() if k in ("event", "attempt", "last_error")}),
                   2).reason == "RuntimeError: x"  # next time: straight to the dead letter
@@ -123,7 +123,7 @@ def test_database_down_requeues_even_what_is_due_for_dead_letter() -> None:
 def test_database_and_broker_down_leaves_the_messages_unacked() -> None:
     app, s = App(broker_up=False), Settings(database_url=DOWN_URL, max_attempts=2)
     reqs = [Req({"event": event()}), Req({"event": event(), "attempt": 2})]
-    left = requeue_or_dead_letter(app, s, [decode(r, 2) for r in reqs], RuntimeError("x"))
+    left = requeue_or_dead_letter(app, s, [decode(r, 2) for r in reqs], "RuntimeError: x")
     assert left == [r.id for r in reqs]
 
 
