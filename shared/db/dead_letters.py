@@ -179,6 +179,13 @@ def matching_ids(session: Session, filters: Filters, *, after: int | None = None
     return list(session.scalars(query.order_by(DeadLetter.id).limit(limit)))
 
 
+def count_matching(session: Session, filters: Filters) -> int:
+    """How many dead letters match ``filters`` (a filtered replay's progress total)."""
+    query = _where(sa.select(sa.func.count()).select_from(DeadLetter).outerjoin(
+        TaggingEvent, TaggingEvent.event_id == DeadLetter.event_id), filters)
+    return int(session.scalar(query) or 0)
+
+
 def parse_payload(payload: str, settings: Settings | None = None) -> ProductUploaded:
     """The event a stored message carried (``{"args": .., "kwargs": {"event": {..}, ..}}``), validated
     by today's contract; raises NotReplayable with ``field: reason`` lines."""
