@@ -8,16 +8,20 @@ an interruption re-sends only what is left, and a duplicate is de-duplicated by 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 
 from shared.config import Settings
 from shared.db.models import ModelVersion, Product
 from shared.db.session import session_scope
-from shared.events import ProductUploaded
+from shared.events import ProductUploaded, format_errors
+
+log = logging.getLogger("workers.backfill")
 
 
 def stale_products(s: Settings, live: str, older_than: str | None, limit: int) -> list[Product]:
@@ -53,14 +57,22 @@ def backfill_event_id(live: str, product_id: str) -> str:
 
 
 def backfill_events(products: list[Product], live: str) -> list[ProductUploaded]:
-    return [
-        ProductUploaded(
-            event_id=backfill_event_id(live, p.product_id), product_id=p.product_id,
-            seller_id=p.seller_id, title=p.title, description=p.description, image_uri=p.image_uri,
-            locale=p.locale, occurred_at=p.last_event_at,  # same upload: not newer, not stale
-        )
-        for p in products
-    ]
+    """One re-tag event per product the event contract still accepts; a product it refuses (an id with
+    '/', stored before the contract said ids are one URL path segment; an out-of-range upload time) is
+    left out alone, logged with the field and reason, and the others go on."""
+    events = []
+    for p in products:
+        try:
+            events.append(ProductUploaded(
+                event_id=backfill_event_id(live, p.product_id), product_id=p.product_id,
+                seller_id=p.seller_id, title=p.title, description=p.description, image_uri=p.image_uri,
+                locale=p.locale, occurred_at=p.last_event_at,  # same upload: not newer, not stale
+            ))
+        except ValidationError as exc:
+            # The product's own id and the error kinds only: never its title or URI.
+            reason = "; ".join(format_errors(exc))
+            log.warning("backfill_refused product_id=%r reason=%s", p.product_id, reason)
+    return events
 
 
 def run_backfill(
