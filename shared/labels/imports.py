@@ -20,12 +20,14 @@ from typing import Any, cast
 from urllib.parse import urlparse
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.models import Product, ProductTag
 from shared.db.sql import chunks, dialect_insert
 from shared.db.tags import product_content_hash
+from shared.events import ProductId
 from shared.labels.text import MAX_VALUE_LENGTH, text_problem
 from shared.ml.dataset import DatasetManifest, Record, load_manifest, load_records, read_images
 
@@ -41,6 +43,9 @@ _ROWS_PER_WRITE = 2000  # rows written per round of statements: bounds the param
 # Images held in memory at once; each chunk of rows is one pass over an images archive, so a small
 # archive is read once and a large one in as few passes as this budget allows.
 _IMAGE_MEMORY_BUDGET = 256 * 1024 * 1024
+# The product.uploaded contract's product_id rule (one URL path segment, no control characters): an
+# imported product must be one every /v1/products/{product_id} route can address, like an uploaded one.
+_PRODUCT_ID: TypeAdapter[str] = TypeAdapter(ProductId)
 _products = cast(sa.Table, Product.__table__)
 _tags = cast(sa.Table, ProductTag.__table__)
 
@@ -72,10 +77,25 @@ class ImportSummary:
         return self.rows - len(self.refused)
 
 
-def _row_problem(record: Record, manifest: DatasetManifest) -> str | None:
-    """The first reason a row cannot be imported as it stands (images are checked later), or None."""
+def _product_id_problem(value: str) -> str | None:
+    """Why the event contract would refuse ``value`` as a product_id, in its words, or None."""
+    try:
+        _PRODUCT_ID.validate_python(value)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        if error["type"] == "string_pattern_mismatch":
+            return "must not be blank"
+        return str(error["msg"]).removeprefix("Value error, ")
+    return None
+
+
+def _row_problem(record: Record, manifest: DatasetManifest, row: int) -> str | None:
+    """The first reason a row (``row``: its 1-based position) cannot be imported as it stands (images
+    are checked later), or None."""
     if len(record.id) > MAX_ID_LENGTH:
         return f"id is {len(record.id)} characters (at most {MAX_ID_LENGTH})"
+    if (problem := _product_id_problem(record.id)) is not None:
+        return f"row {row}: product_id: {problem}"
     if not record.text:
         return f"empty title: the text column(s) {manifest.text} are blank"
     if len(record.text) > MAX_TITLE_LENGTH:
@@ -291,7 +311,7 @@ def import_labels(
         chunk = records[start : start + per_chunk]
         accepted: list[Record] = []
         for record in chunk:
-            problem = _row_problem(record, manifest)
+            problem = _row_problem(record, manifest, order[record.id] + 1)
             if problem is None:
                 accepted.append(record)
             else:
