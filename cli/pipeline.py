@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -59,9 +59,32 @@ def flower(
                       f"'{s.flower_user}':[/] {password}")
     # Through the environment, not argv: argv is visible to every user in `ps`.
     os.environ["FLOWER_BASIC_AUTH"] = f"{s.flower_user}:{password}"
+    _metrics_behind_auth()
     from workers.app import create_app
 
     create_app(s).start(["flower", f"--port={port}", f"--address={address}"])
+
+
+def _metrics_behind_auth() -> None:
+    """Flower 2 serves ``/metrics`` to anyone, even with basic auth on (its handler lacks the
+    ``authenticated`` decorator its pages have): swap in the same handler behind the same check."""
+    import tornado.web
+    from flower import urls
+    from flower.views.monitor import Metrics
+
+    class AuthenticatedMetrics(Metrics):
+        @tornado.web.authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    def swapped(h: Any) -> Any:  # a (pattern, handler[, kwargs]) tuple or a tornado URLSpec
+        if isinstance(h, tuple) and len(h) > 1 and h[1] is Metrics:
+            return (h[0], AuthenticatedMetrics, *h[2:])
+        if getattr(h, "handler_class", None) is Metrics:
+            return tornado.web.url(h.regex.pattern, AuthenticatedMetrics, h.kwargs, h.name)
+        return h
+
+    urls.handlers[:] = [swapped(h) for h in urls.handlers]
 
 
 def backfill(

@@ -17,8 +17,8 @@ import pytest
 from tests.workers.procs import REPO, free_port, wait_for
 
 
-def status(port: int, auth: tuple[str, str] | None = None) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/")
+def status(port: int, auth: tuple[str, str] | None = None, path: str = "/") -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if auth:
         req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     try:
@@ -67,6 +67,10 @@ def test_flower_requires_basic_auth(flower: Callable[..., tuple[int, Path]]) -> 
     assert status(port) == 401
     assert status(port, ("ops", "wrong")) == 401
     assert status(port, ("ops", "s3cret-pw")) == 200
+    # Its Prometheus endpoint too (Flower's own handler serves it to anyone).
+    assert status(port, path="/metrics") == 401
+    assert status(port, ("ops", "wrong"), path="/metrics") == 401
+    assert status(port, ("ops", "s3cret-pw"), path="/metrics") == 200
 
 
 def test_flower_without_a_password_makes_one_up(flower: Callable[..., tuple[int, Path]]) -> None:
