@@ -27,7 +27,7 @@ def plain_parameters(request: Request) -> None:
     params = [*request.path_params.items(), *request.query_params.multi_items()]
     for name, value in params:
         try:
-            plain_id(value)
+            plain_id(str(value))
         except ValueError as exc:
             raise InvalidParameter(f"{name}: {exc}", parameter=name) from None
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):  # a query parameter's own name

@@ -31,10 +31,15 @@ def test_upgrade_check_downgrade_upgrade(dialect: str, make_database: Callable[[
     assert migrate.current(url) == ()
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0005",) == (migrate.head(),)
+    assert migrate.current(url) == ("0006",) == (migrate.head(),)
     assert _tables(url) == TABLES | {"alembic_version"}
     assert "ix_product_tags_audit" in _indexes(url, "product_tags")
     migrate.check(url)  # raises when the models and the migrations disagree
+
+    migrate.downgrade(url, "-1")
+    assert migrate.current(url) == ("0005",)
+    columns = {c["name"] for c in sa.inspect(get_engine(url)).get_columns("dead_letters")}
+    assert not {"replayed_at", "replays"} & columns
 
     migrate.downgrade(url, "-1")
     assert migrate.current(url) == ("0004",)
@@ -60,7 +65,7 @@ def test_upgrade_check_downgrade_upgrade(dialect: str, make_database: Callable[[
     assert _tables(url) == {"alembic_version"}
 
     migrate.upgrade(url)
-    assert migrate.current(url) == ("0005",)
+    assert migrate.current(url) == ("0006",)
     migrate.check(url)
 
 
