@@ -21,11 +21,9 @@ from api.guards import GuardedRoute, read_body
 from api.openapi import ref
 from api.state import AppState, get_state
 from shared.config import Settings
-from shared.db.base import utcnow
-from shared.db.events import mark_enqueued, record_events
-from shared.db.session import session_scope
 from shared.events import JsonRefused, ProductUploaded, format_errors, parse_json
 from shared.metrics import count_ingest
+from shared.outbox import record_and_send
 from shared.publish import BrokerUnavailable
 
 log = logging.getLogger("tagger.api.ingest")
@@ -89,23 +87,17 @@ def _validate(items: list[Any], settings: Settings) -> tuple[list[ProductUploade
 
 
 def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
-    """Commit the rows, then publish; True when every event that needs sending reached the broker."""
-    now = utcnow()
-    with session_scope(state.settings.database_url) as session:
-        to_send = record_events(session, events, now)
-    if not to_send:
-        return True  # all already known and past 'received': nothing to do
+    """Commit the rows, then publish (the outbox, :mod:`shared.outbox`); True when every event that
+    needs sending reached the broker."""
     try:
-        state.publisher.publish(to_send)
+        record_and_send(state.settings.database_url, events, state.publisher.publish)
     except BrokerUnavailable as exc:
-        # Recorded and committed above, and none marked enqueued: some may have reached the queue
-        # (a failed pipeline cannot say which), so the sweeper re-sends them all once the broker is
-        # back; the worker de-duplicates by event_id.
+        # Recorded and committed, and none marked enqueued: some may have reached the queue (a failed
+        # pipeline cannot say which), so the sweeper re-sends them all once the broker is back; the
+        # worker de-duplicates by event_id.
         log.warning("events_not_queued n=%d known_queued=%d broker=%s",
-                    len(to_send), exc.sent, state.publisher.broker)
+                    exc.total, exc.sent, state.publisher.broker)
         return False
-    with session_scope(state.settings.database_url) as session:
-        mark_enqueued(session, [p["event_id"] for p in to_send], utcnow())
     return True
 
 

@@ -1,12 +1,21 @@
 """Send ``product.uploaded`` events to the tagging queue from any Python service.
 
-Imports only pydantic and Celery's client side: no torch, no workers/ package, no database, so a
-seller service can publish without loading a model. The worker owns the task; this side knows it
-only by name (:data:`shared.tasks.TAG_PRODUCT`).
+Imports only pydantic and Celery's client side: no torch, no workers/ package, so a seller service
+can publish without loading a model. The worker owns the task; this side knows it only by name
+(:data:`shared.tasks.TAG_PRODUCT`).
+
+Two modes. Given a ``database_url`` (the tagger's database), :meth:`Publisher.publish` goes through
+the outbox (:mod:`shared.outbox`, the API's contract): each event is recorded in ``tagging_events``
+and committed before it is sent, so the sweeper re-sends what the broker loses, including a message
+a worker was SIGKILLed holding between kombu's pop and its unacked record. SQLAlchemy and the
+database driver are imported only then, on the first such publish. Without one, nothing touches a
+database and delivery rests on the broker alone: not covered against a worker crash between pop
+and ack, nor a broker that loses its data.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
@@ -18,6 +27,7 @@ from shared.errors import PermanentError, TransientError
 from shared.events import ProductUploaded
 from shared.tasks import TAG_PRODUCT
 
+log = logging.getLogger("shared.publish")
 BROKER_SETTING = "TAGGER_BROKER_URL"
 # Events per Redis pipeline: the API's largest request (TAGGER_API_MAX_BATCH, 500) and the sweeper's
 # chunk are one round trip; a bigger call is several pipelines, each confirmed before the next.
@@ -39,10 +49,18 @@ class BrokerUnavailable(TransientError):
     caller re-sends all of them (duplicates are harmless: the worker de-duplicates by ``event_id``).
     """
 
-    def __init__(self, message: str, sent: int = 0, reason: str = "") -> None:
+    def __init__(self, message: str, sent: int = 0, reason: str = "", *, total: int = 0,
+                 recorded: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
         self.reason = reason or message  # the broker's own error, for callers that word their own message
+        self.total = total  # events the failed call tried to send
+        self.recorded = recorded  # True: all are committed in the outbox, and the sweeper will send them
+
+
+class OutboxUnavailable(TransientError):
+    """The outbox's database refused the events (down, or not migrated): nothing was recorded and
+    nothing sent; publish them again later."""
 
 
 def _as_event(item: ProductUploaded | Mapping[str, Any]) -> ProductUploaded:
@@ -56,14 +74,15 @@ class Publisher:
     keeps a producer's open publish batch per thread).
     """
 
-    def __init__(self, broker_url: str, queue: str = "tagging", *, connect_timeout_s: float = 5.0,
-                 reply_timeout_s: float = 10.0) -> None:
+    def __init__(self, broker_url: str, queue: str = "tagging", *, database_url: str | None = None,
+                 connect_timeout_s: float = 5.0, reply_timeout_s: float = 10.0) -> None:
         if broker_url.split("://", 1)[0].lower() == "memory":
             raise PublisherConfigError(
                 f"{BROKER_SETTING} is memory:// (an in-process broker): another process cannot reach it. "
                 f"Set {BROKER_SETTING}=redis://host:6379/0 (or pass --broker)."
             )
         self.queue = queue
+        self.database_url = database_url  # set: publish() records each event first (the outbox)
         self.broker = maybe_sanitize_url(broker_url)  # safe to print: the password is masked
         # set_as_current=False: a host service that has its own Celery app keeps it as the default.
         self._app = Celery("tagger-publisher", broker=broker_url, set_as_current=False)
@@ -83,13 +102,17 @@ class Publisher:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any = None) -> Self:
-        """Build from ``TAGGER_BROKER_URL`` / ``TAGGER_TAGGING_QUEUE`` (or a given Settings object)."""
+    def from_settings(cls, settings: Any = None, *, outbox: bool = False) -> Self:
+        """Build from ``TAGGER_BROKER_URL`` / ``TAGGER_TAGGING_QUEUE`` (or a given Settings object);
+        ``outbox=True``: record every event in ``TAGGER_DATABASE_URL`` before sending it.
+
+        The sweeper and the API send events that are already recorded: they use the default."""
         if settings is None:
             from shared.config import get_settings
 
             settings = get_settings()
-        return cls(settings.broker_url, settings.tagging_queue)
+        return cls(settings.broker_url, settings.tagging_queue,
+                   database_url=settings.database_url if outbox else None)
 
     def check(self) -> None:
         """Open one pooled broker connection (reused by :meth:`publish`), so a bad URL fails early."""
@@ -113,8 +136,55 @@ class Publisher:
         Returns the Celery task ids. Sending is at-least-once: on ``BrokerUnavailable`` its ``sent``
         says which prefix is known queued; re-publish the rest (the worker de-duplicates by
         ``event_id``).
+
+        With a ``database_url`` (the outbox): the events are recorded and committed first, and only
+        those that need sending are sent (new ones, and known ones still 'received'; an event
+        already tagged is not sent again). ``OutboxUnavailable``: the database refused them, nothing
+        was sent. ``BrokerUnavailable`` (``recorded`` true): every event is recorded and the sweeper
+        sends them; re-publishing them is safe too.
         """
         batch = [_as_event(e) for e in events]
+        if self.database_url is None:
+            return self._send_all(batch)
+        return self._publish_recorded(batch)
+
+    def _publish_recorded(self, batch: list[ProductUploaded]) -> list[str]:
+        """The outbox: record and commit, send, mark enqueued (:func:`shared.outbox.record_and_send`)."""
+        from sqlalchemy.exc import SQLAlchemyError  # here, not at the top: no database without an outbox
+
+        from shared.outbox import record_and_send
+
+        assert self.database_url is not None
+        sent: list[str] | None = None  # the task ids, once the broker confirmed every message
+
+        def send(payloads: list[dict[str, Any]]) -> list[str]:
+            nonlocal sent
+            sent = self._send_all([_as_event(p) for p in payloads])
+            return sent
+
+        try:
+            return record_and_send(self.database_url, batch, send) or []
+        except BrokerUnavailable as exc:
+            raise BrokerUnavailable(
+                f"{exc}. All {len(batch)} events are recorded in the outbox: the sweeper sends them "
+                "once the broker is back (TAGGER_SWEEP_AFTER_S), and publishing them again is safe",
+                sent=exc.sent, reason=exc.reason, total=exc.total, recorded=True,
+            ) from exc
+        except SQLAlchemyError as exc:
+            from sqlalchemy.engine import make_url
+
+            where = make_url(self.database_url).render_as_string(hide_password=True)
+            if sent is not None:  # sent, not marked: the sweeper sends them once more (a harmless duplicate)
+                log.warning("events_sent_not_marked n=%d error=%s", len(sent), type(exc).__name__)
+                return sent
+            raise OutboxUnavailable(
+                f"cannot record {len(batch)} events in the outbox at {where} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}): nothing was sent; check TAGGER_DATABASE_URL "
+                "(migrated with 'tagger db upgrade'?) and publish them again"
+            ) from exc
+
+    def _send_all(self, batch: list[ProductUploaded]) -> list[str]:
+        """Send validated events in confirmed pipelines; raises ``BrokerUnavailable`` with ``sent``."""
         ids: list[str] = []
         sent = 0
         try:
@@ -133,7 +203,7 @@ class Publisher:
             raise BrokerUnavailable(
                 f"lost the broker at {self.broker} ({reason}): {sent} of {len(batch)} events are known "
                 f"to be queued, the other {len(batch) - sent} may or may not be; check {BROKER_SETTING}",
-                sent=sent, reason=reason,
+                sent=sent, reason=reason, total=len(batch),
             ) from exc
         return ids
 

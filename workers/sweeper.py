@@ -31,6 +31,8 @@ def sweep(settings: Settings, publisher: Publisher, older_than_s: float, *,
     transaction rolls back, so all its rows stay unqueued and the next sweep sends them again, even
     those that reached the queue before the failure (the worker de-duplicates by event_id).
     """
+    if getattr(publisher, "database_url", None) is not None:  # it would wait on its own row locks
+        raise ValueError("sweep() sends rows it holds locked: give it a Publisher without an outbox")
     lost_after = float(settings.visibility_timeout_s if lost_after_s is None else lost_after_s)
     now = utcnow()
     sent = unsendable = 0

@@ -1,0 +1,51 @@
+"""The outbox: every producer records an event in ``tagging_events`` before it publishes it.
+
+The broker alone cannot be trusted to keep what it was given: kombu's Redis transport pops a
+message (BRPOP) before it records it as unacked, so a worker SIGKILLed between the two commands
+loses that message, and a Redis without AOF loses its whole queue when it restarts. The database
+can: an event whose row is committed as 'received' is re-sent by the sweeper
+(``workers.sweeper.sweep``, a beat entry) until a worker records its outcome. The order is the
+contract, the same for the API, ``tagger publish`` and the Python ``Publisher``:
+
+1. record (``received``) and commit: if this fails (database down), nothing was recorded or sent,
+   and the caller retries;
+2. publish: if this fails (broker down), the rows stay committed and unmarked, and the sweeper
+   sends them after ``TAGGER_SWEEP_AFTER_S``; a re-publish by the caller is safe too;
+3. mark enqueued and commit: a crash before this is the same as 2 (the sweeper re-sends; the worker
+   de-duplicates by ``event_id``).
+
+A message lost after step 3 (the kombu window, a broker that loses data) leaves its row 'received'
+with ``enqueued_at`` set; the sweeper re-sends it once that is older than its ``lost_after_s``
+(default: the visibility timeout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from shared.db.base import utcnow
+from shared.db.events import mark_enqueued, record_events
+from shared.db.session import session_scope
+from shared.events import ProductUploaded
+
+T = TypeVar("T")
+
+
+def record_and_send(database_url: str, events: Sequence[ProductUploaded],
+                    send: Callable[[list[dict[str, Any]]], T]) -> T | None:
+    """Record ``events`` (a known event_id keeps its row), commit, ``send`` the stored payloads that
+    need sending, then mark them enqueued. Returns what ``send`` returned, or None when nothing
+    needed sending (every event already known and past 'received').
+
+    Exceptions propagate: from the record step (nothing recorded, nothing sent), from ``send`` (the
+    rows are committed; the sweeper sends them), from the mark step (sent; the sweeper will send
+    them once more, a harmless duplicate)."""
+    with session_scope(database_url) as session:
+        to_send = record_events(session, events, utcnow())
+    if not to_send:
+        return None
+    result = send(to_send)
+    with session_scope(database_url) as session:
+        mark_enqueued(session, [p["event_id"] for p in to_send], utcnow())
+    return result
