@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 import tarfile
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,12 +228,18 @@ def _local_path(manifest: DatasetManifest, ref: str) -> Path | None:
     return manifest.base_dir / ref
 
 
-_SPACE = re.compile(r"[^0-9a-z]+")
+def _keeps(c: str) -> bool:
+    # Letters, numbers and combining marks of any script (a Devanagari vowel sign is part of its
+    # word); punctuation, symbols (emoji), spaces and controls are not.
+    return unicodedata.category(c)[0] in "LNM"
 
 
 def normalise_title(text: str) -> str:
-    """Lower-case alphanumerics only: 'Nike Men's T-Shirt' and 'nike mens t shirt' group together."""
-    return _SPACE.sub(" ", text.lower().replace("'", "").replace("\u2019", "")).strip()
+    """The duplicate key of a title, in any script: NFKC (full-width forms fold to ASCII), case-folded,
+    letters, numbers and marks only, no separators, so 'Nike Men's T-Shirt', 'nike mens tshirt' and
+    'ＮＩＫＥ　ｍｅｎｓ　ｔ－ｓｈｉｒｔ' give one key and '兰蔻 小黑瓶' and '兰蔻小黑瓶' another. A title of
+    only punctuation or emoji gives '', which groups with nothing."""
+    return "".join(c for c in unicodedata.normalize("NFKC", text).casefold() if _keeps(c))
 
 
 def content_hash(data: bytes | str) -> str:

@@ -27,7 +27,8 @@ class _UnionFind:
 
 
 def duplicate_groups(texts: list[str], image_hashes: list[str | None]) -> np.ndarray:
-    """Group id per item: items connected through a shared normalised title or image hash."""
+    """Group id per item: items connected through a shared normalised title or image hash. A title
+    that normalises to nothing (emoji, punctuation, empty) joins no group through its text."""
     uf = _UnionFind(len(texts))
     first: dict[str, int] = {}
     for i, (t, h) in enumerate(zip(texts, image_hashes, strict=True)):
