@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
-from cli.output import console, out
+from cli.output import console, out, show_warnings
 from cli.output import fail as _fail
 from shared.errors import TaggerError
 
@@ -32,26 +33,34 @@ RATES = ("macro_f1", "auto_precision", "auto_precision_lower", "auto_coverage")
 
 
 def _fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.3f}"
+    """A rate in four characters (".977", "1.00"): eleven columns fit in 80."""
+    if v is None:
+        return "—"
+    return "1.00" if v >= 0.9995 else f"{v:.3f}".removeprefix("0")
 
 
 def metrics_table(title: str, by_modality: dict[str, dict[str, dict]]) -> Table:
     """One row per axis: the headline (accuracy, micro-F1 for multi-label) of each modality
-    given, then macro-F1 and auto-tag precision/coverage of the last one (the fused model)."""
+    given, then macro-F1 and auto-tag precision/coverage of the last one (the fused model).
+    Compact on purpose (short headers, no frame): it stays whole at 80 columns."""
     from shared.ml.evaluation import headline
 
-    table = Table(title=title)
-    table.add_column("axis")
     mods = list(by_modality)
-    for m in mods:
-        table.add_column(f"{m} acc", justify="right")
     last = mods[-1]
-    # "prec ≥": the one-sided 95% lower bound of auto precision; "abstain": items judged out of the
-    # model's domain; "contra": auto tags still contradicting another (0 after joint decoding).
-    for col in ("macro-F1", "auto prec", "prec ≥", "auto cov", "abstain", "contra", "n"):
-        table.add_column(f"{last} {col}" if len(mods) > 1 else col, justify="right")
+    caption = (f"{', '.join(mods)}: accuracy (micro-F1 if multi-label) from that input; "
+               if len(mods) > 1 else "acc: accuracy (micro-F1 if multi-label); ")
+    caption += (f"the rest{' of ' + last if len(mods) > 1 else ''}: mF1 macro-F1, prec / prec≥ "
+                "auto-tag precision and its 95% lower bound, cov auto coverage, abst items out of "
+                "the model's domain, contra auto tags still contradicting another")
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption_justify="left", padding=(0, 1), collapse_padding=True)
+    table.add_column("axis", overflow="fold")
+    for m in mods:
+        table.add_column(m if len(mods) > 1 else "acc", justify="right", no_wrap=True)
+    for col in ("mF1", "prec", "prec≥", "cov", "abst", "contra", "n"):
+        table.add_column(col, justify="right", no_wrap=True)
     for axis, mm in by_modality[last].items():
-        row = [axis] + [_fmt(headline(by_modality[m].get(axis, {}))) for m in mods]
+        row = [escape(axis)] + [_fmt(headline(by_modality[m].get(axis, {}))) for m in mods]
         row += [_fmt(mm.get(k)) for k in RATES]
         row += [_count(mm.get("abstentions")), _count(mm.get("contradictions")), str(mm.get("n", 0))]
         table.add_row(*row)
@@ -91,12 +100,54 @@ def _auto_lines(manifest: dict) -> list[str]:
     return lines
 
 
+NAMES_SHOWN = 20  # dropped values named per axis on the terminal; all are in manifest.json
+
+OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction":
+          "--validation-fraction", "min_value_count": "--min-value-count", "calibration_folds":
+          "--calibration-folds", "confidence": "--confidence", "target_precision":
+          "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs"}
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def _training_warnings(manifest: dict) -> list[str]:
+    """What a small catalogue loses, by name: values too rare to learn, and values or whole axes
+    whose calibration cannot reach the target (so they are never auto-applied)."""
+    tr = manifest["training"]
+    min_count = tr.get("config", {}).get("min_value_count", 2)
+    lines = []
+    for axis, dropped in (tr.get("dropped_values") or {}).items():
+        names = [f"{v} ({c})" for v, c in list(dropped.items())[:NAMES_SHOWN]]
+        more = f" … and {len(dropped) - NAMES_SHOWN} more" if len(dropped) > NAMES_SHOWN else ""
+        lines.append(f"axis {axis}: {len(dropped)} values seen fewer than {min_count} times in "
+                     f"training are not learnt (training count): {', '.join(names)}{more} "
+                     "(all in manifest.json training.dropped_values; --min-value-count lowers the bar)")
+    target = manifest.get("target_precision")
+    for axis, gap in (tr.get("calibration", {}).get("gaps") or {}).items():
+        if gap["auto_values"] == 0:
+            lines.append(f"axis {axis}: cannot be calibrated, none of its {gap['values']} values "
+                         f"reaches the {target} precision bound: nothing on it is ever auto-applied")
+        few = gap["too_few"]
+        if few:
+            names = ", ".join(few[:NAMES_SHOWN])
+            more = f" … and {len(few) - NAMES_SHOWN} more" if len(few) > NAMES_SHOWN else ""
+            lines.append(f"axis {axis}: {len(few)} values had fewer than {gap['needed']} calibration "
+                         f"predictions, the least that can prove {target} even if all are right, so "
+                         f"they are never auto-applied: {names}{more} (more labelled rows, or a "
+                         "lower --target-precision)")
+    return lines
+
+
 def train(
     dataset: Annotated[Path, typer.Option(help="Dataset manifest (YAML).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the model to.")],
     seed: int = 0,
     text_epochs: Annotated[int, typer.Option(help="LoRA epochs for the text encoder.")] = 2,
-    no_finetune_text: Annotated[bool, typer.Option(help="Keep the text encoder frozen.")] = False,
+    finetune_text: Annotated[bool, typer.Option(
+        "--finetune-text/--no-finetune-text",
+        help="LoRA-tune the text encoder on the training part, or keep it frozen.")] = True,
     fusion: Fusion = Fusion.gated,
     head_epochs: int = 40,
     target_precision: Annotated[float | None, typer.Option(
@@ -108,6 +159,14 @@ def train(
     ] = 5,
     confidence: Annotated[float, typer.Option(
         help="Confidence of that lower bound (one-sided Clopper-Pearson).")] = 0.95,
+    validation_fraction: Annotated[float, typer.Option(
+        help="Share of the rows (whole duplicate groups) kept for the report only; ignored with "
+        "--holdout.")] = 0.1,
+    calibration_fraction: Annotated[float, typer.Option(
+        help="Share of the rows kept from the head's training for its early stopping (and "
+        "calibration with --calibration-folds 0).")] = 0.1,
+    min_value_count: Annotated[int, typer.Option(
+        help="Values seen fewer times in training are not learnt (they are listed).")] = 2,
     label_smoothing: Annotated[float, typer.Option(
         help="Head label smoothing; 0 sharpens the top scores (more auto coverage, a little less "
         "accuracy: docs/MODEL.md).")] = 0.05,
@@ -115,35 +174,74 @@ def train(
         help="Class weight = count^-power in the head's loss; 0: unweighted.")] = 0.3,
     holdout: Annotated[Path | None, typer.Option(
         help="File of record ids, one per line: the validation part (e.g. a catalogue's official "
-        "test split) instead of a random grouped tenth.")] = None,
+        "test split) instead of a random grouped share.")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the training report (the model's manifest) here.")] = None,
 ) -> None:
     """Train, calibrate and evaluate a model on a dataset manifest; write its artifact."""
+    from shared.ml.quiet import quiet_third_party
+
+    quiet_third_party()
+    from shared.ml.dataset import load_manifest, read_ids
+
+    # Every argument is checked before anything heavy is imported or loaded.
+    try:
+        load_manifest(dataset)
+    except TaggerError as exc:
+        raise _fail(f"--dataset: {exc}") from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _fail(f"--out: {out_dir} is a file, not a directory")
+    try:
+        held = read_ids(holdout) if holdout is not None else None
+    except TaggerError as exc:
+        raise _fail(f"--holdout: {exc}") from None
+
     from shared.ml.head_training import HeadTrainConfig
-    from shared.ml.training import TrainConfig
+    from shared.ml.training import TrainConfig, config_problems
     from shared.ml.training import train as run_train
 
-    cfg = TrainConfig(seed=seed, finetune_text=not no_finetune_text, text_epochs=text_epochs,
+    cfg = TrainConfig(seed=seed, finetune_text=finetune_text, text_epochs=text_epochs,
                       target_precision=target_precision, calibration_folds=calibration_folds,
-                      confidence=confidence,
+                      confidence=confidence, validation_fraction=validation_fraction,
+                      calibration_fraction=calibration_fraction, min_value_count=min_value_count,
                       head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed,
                                            label_smoothing=label_smoothing,
                                            class_weight_power=class_weight_power))
+    problems = config_problems(cfg, holdout=held is not None)
+    if problems:
+        raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))
     try:
-        from shared.ml.dataset import read_ids
-
-        held = read_ids(holdout) if holdout is not None else None
-        manifest = run_train(dataset, out_dir, cfg=cfg, holdout=held)
+        with show_warnings():
+            manifest = run_train(dataset, out_dir, cfg=cfg, holdout=held)
     except TaggerError as exc:
         raise _fail(exc) from None
     tr = manifest["training"]
+    for line in _training_warnings(manifest):
+        _warn(line)
     out.print(metrics_table(
         f"{manifest['version']} — grouped validation split (n={tr['n']['validation']})",
         manifest["metrics"]["modalities"]))
     for line in _auto_lines(manifest):
         out.print(line, soft_wrap=True)
-    out.print(f"model written to [bold]{out_dir}[/] in {tr['timings_s']['total_s']:.0f}s "
-              f"(train {tr['n']['train']}, calibration {tr['n']['calibration']}, "
-              f"validation {tr['n']['validation']}; missing images {tr['missing_images']})")
+    out.print(f"model written to [bold]{escape(str(out_dir))}[/] in "
+              f"{tr['timings_s']['total_s']:.0f}s (train {tr['n']['train']}, calibration "
+              f"{tr['n']['calibration']}, validation {tr['n']['validation']}; missing images "
+              f"{tr['missing_images']})")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        out.print(f"report written to {escape(str(json_out))}")
+
+
+def _check_model(model: Path | None) -> None:
+    """A --model folder without a readable manifest fails here, before any weights load."""
+    from shared.config import get_settings
+    from shared.ml.manifest import read_manifest
+
+    try:
+        read_manifest(model or get_settings().model_dir)
+    except TaggerError as exc:
+        raise _fail(f"--model: {exc}") from None
 
 
 def predict(
@@ -154,14 +252,20 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Tag one product from its title and/or photo."""
-    from shared.ml.predictor import Item, Tagger
-
     if not title.strip() and image is None:
         raise _fail(ValueError("give --title, --image or both"))
+    if top_k < 1:
+        raise _fail(f"--top-k: must be at least 1, not {top_k}")
     try:
         data = image.read_bytes() if image else None
     except OSError as exc:
         raise _fail(ValueError(f"--image: cannot read {image}: {exc.strerror}")) from None
+    _check_model(model)
+    from shared.ml.quiet import quiet_third_party
+
+    quiet_third_party()
+    from shared.ml.predictor import Item, Tagger
+
     try:
         tagger = Tagger.load(model)
         pred = tagger.predict([Item(text=title, image=data)], top_k=top_k)[0]
@@ -217,7 +321,28 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """Evaluate a model on every row of a dataset; print a table, optionally write JSON."""
+    from shared.ml.quiet import quiet_third_party
+
+    quiet_third_party()
     from shared.config import get_settings
+    from shared.ml.dataset import load_manifest
+    from shared.ml.manifest import read_manifest
+
+    # Every argument is checked before the model loads (which takes seconds to minutes).
+    try:
+        ds = load_manifest(dataset)
+    except TaggerError as exc:
+        raise _fail(f"--dataset: {exc}") from None
+    try:
+        info = read_manifest(model or get_settings().model_dir)
+    except TaggerError as exc:
+        raise _fail(f"--model: {exc}") from None
+    if not set(ds.axes) & set(info.axes):
+        raise _fail(f"--dataset: {dataset}: field 'axes': none of {sorted(ds.axes)} is an axis of "
+                    f"model {info.version} ({sorted(info.axes)})")
+    if modality is not Modality.text and ds.image is None:
+        _warn(f"--modality {modality.value}: {dataset} names no image column, so every item is "
+              "scored from its text alone")
     from shared.ml.cache import EmbeddingCache
     from shared.ml.predictor import Tagger
     from shared.ml.report import evaluate_dataset
@@ -225,7 +350,8 @@ def evaluate(
     try:
         cache = EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite")
         tagger = Tagger.load(model, cache=cache)
-        report = evaluate_dataset(tagger, dataset, modality.value, show_progress=sys.stderr.isatty())
+        with show_warnings():
+            report = evaluate_dataset(tagger, dataset, modality.value, show_progress=True)
     except TaggerError as exc:
         raise _fail(exc) from None
     out.print(metrics_table(
@@ -233,11 +359,20 @@ def evaluate(
         {modality.value: report["axes"]}))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
-        out.print(f"report written to {json_out}")
+        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        out.print(f"report written to {escape(str(json_out))}")
+
+
+class PlainHelp(TyperCommand):
+    """Click's plain help for these option-heavy commands: typer's rich panels cut long option names
+    ("--target-precis…") at 80 columns; plain help wraps the text instead and keeps every name whole."""
+
+    def format_help(self, ctx, formatter) -> None:  # noqa: ANN001 (click's types)
+        self.rich_markup_mode = None
+        super().format_help(ctx, formatter)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``predict`` and ``evaluate`` to the root ``tagger`` command."""
     for fn in (train, predict, evaluate):
-        app.command()(fn)
+        app.command(cls=PlainHelp)(fn)

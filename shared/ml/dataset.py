@@ -7,6 +7,7 @@ import hashlib
 import json
 import tarfile
 import unicodedata
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,44 @@ def read_images(manifest: DatasetManifest, refs: Iterable[str | None]) -> dict[s
         if path is not None and path.is_file():
             found[ref] = path.read_bytes()
     return found
+
+
+class DataWarning(UserWarning):
+    """A dataset problem that does not stop training or evaluation but changes what its numbers
+    mean (photos named but missing, values too rare to learn): the command line prints these."""
+
+
+def image_problem(manifest: DatasetManifest, refs: list[str | None], found: dict[str, bytes]) -> str | None:
+    """What is wrong with the photos a manifest promises, with counts; None when nothing is."""
+    if manifest.image is None:
+        return None
+    col, n = manifest.image, len(refs)
+    named = sum(1 for r in refs if r)
+    if named == 0:
+        return (f"{manifest.table_path}: field 'image' names column '{col}', but it is empty in all "
+                f"{n} rows: every item is text only")
+    missing = [r for r in refs if r and r not in found]
+    if not missing:
+        return None
+    archive = manifest.archive_path
+    where = (f"in images_archive {archive}" if archive is not None
+             else f"under {manifest.base_dir} (the manifest has no images_archive)")
+    if len(missing) == named:
+        return (f"{manifest.table_path}: none of the {named} images named in column '{col}' was found "
+                f"{where}: every item is text only, so 'image' and 'both' results are text-only ones")
+    return (f"{manifest.table_path}: {len(missing)} of the {named} images named in column '{col}' "
+            f"were not found {where} (e.g. {missing[0]}): those items are text only")
+
+
+def load_blobs(manifest: DatasetManifest, records: list[Record]) -> list[bytes | None]:
+    """Each record's image bytes (None: no image, or not found); warns (DataWarning, with counts)
+    when images the manifest names are missing."""
+    refs = [r.image_ref for r in records]
+    images = read_images(manifest, refs)
+    problem = image_problem(manifest, refs, images)
+    if problem:
+        warnings.warn(problem, DataWarning, stacklevel=2)
+    return [images.get(r) if r else None for r in refs]
 
 
 def _local_path(manifest: DatasetManifest, ref: str) -> Path | None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from shared.ml.cache import EmbeddingCache, cached_encode
 from shared.ml.dataset import content_hash
+from shared.ml.progress import Progress, progress
 
 
-def _bar(total: int, desc: str, show: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="item", disable=not show, dynamic_ncols=True)
+def _bar(total: int, desc: str, show: bool) -> Progress:
+    return progress(total, desc, show, unit="item")
 
 
 def image_features(

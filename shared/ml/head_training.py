@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.labels import Axis
+from shared.ml.progress import progress
 
 
 @dataclass
@@ -120,9 +120,8 @@ def train_head(
     best, best_loss, bad, log = None, float("inf"), 0, []
     all_val = np.arange(len(val.text))
     yv = _targets_tensor(axes, y_val, all_val, device)
-    bar = tqdm(range(cfg.epochs), desc=f"train head ({cfg.fusion})", disable=not show_progress,
-               dynamic_ncols=True)
-    for epoch in bar:
+    bar = progress(cfg.epochs, f"train head ({cfg.fusion})", show_progress, unit="epoch")
+    for epoch in range(cfg.epochs):
         head.train()
         order = rng.permutation(n)
         for s in range(0, n, cfg.batch_size):
@@ -143,6 +142,7 @@ def train_head(
             vl = float(_loss(axes, head(*val.tensors(all_val, device)), yv, weights, 0.0))
         log.append({"epoch": epoch + 1, "val_loss": round(vl, 4)})
         bar.set_postfix(val_loss=f"{vl:.4f}")
+        bar.update(1)
         if vl < best_loss - 1e-4:
             best_loss, best, bad = vl, copy.deepcopy(head.state_dict()), 0
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import ManifestError
-from shared.ml.dataset import Record, load_manifest, load_records, read_images
+from shared.ml.dataset import Record, load_blobs, load_manifest, load_records
 from shared.ml.evaluation import evaluate_probs
 from shared.ml.features import image_features, text_features
 from shared.ml.head_training import Features
@@ -24,8 +24,8 @@ def evaluate_dataset(
             f"{tagger.version} ({sorted(a.name for a in tagger.axes)})"
         )
     records = load_records(manifest)
-    images = read_images(manifest, [r.image_ref for r in records])
-    blobs = [images.get(r.image_ref) if r.image_ref else None for r in records]
+    # Text only: the photos are neither read nor encoded.
+    blobs = [None] * len(records) if modality == "text" else load_blobs(manifest, records)
     return evaluate_records(tagger, manifest.name, records, blobs, modality, show_progress)
 
 
@@ -33,17 +33,19 @@ def evaluate_records(
     tagger: Tagger, name: str, records: list[Record], blobs: list[bytes | None],
     modality: str = "both", show_progress: bool = False,
 ) -> dict:
-    """Per-axis metrics of ``tagger`` on labelled records, for the axes both sides know."""
+    """Per-axis metrics of ``tagger`` on labelled records, for the axes both sides know. Only the
+    inputs ``modality`` uses are encoded: ``text`` encodes no photo, ``image`` no title."""
     labelled = {axis for r in records for axis, v in r.labels.items() if v}
     shared_axes = [a for a in tagger.axes if a.name in labelled]
-    tx, tm = text_features(tagger.text_encoder, [r.text for r in records], tagger.cache,
-                           show_progress)
+    texts = [r.text if modality != "image" else "" for r in records]
+    if modality == "text":
+        blobs = [None] * len(records)
+    tx, tm = text_features(tagger.text_encoder, texts, tagger.cache, show_progress)
     ix, im = image_features(tagger.image_encoder, blobs, tagger.cache, show_progress)
     f = Features(tx, tm, ix, im).only(modality)
     probs = tagger.probabilities(f.text, f.text_mask, f.image, f.image_mask)
     y = {a.name: targets(records, a) for a in shared_axes}
     # What the product applies: out-of-domain items abstain, as in the predictor.
-    texts = [r.text if modality != "image" else "" for r in records]
     novelty = tagger.novelty(texts, f.text, f.text_mask, f.image, f.image_mask)
     abstain = novelty.novel if novelty is not None else None
     withheld = tagger.evidence(f.text, f.text_mask, f.image, f.image_mask).withheld()

@@ -12,9 +12,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from shared.ml.labels import Axis
+from shared.ml.progress import progress
 from shared.ml.text_encoder import TextEncoder
 
 
@@ -75,8 +75,7 @@ def tune_text_encoder(
         opt, max_lr=[lr, lr * 5], total_steps=max(steps, 1), pct_start=0.1
     )
     encoder.model.train()
-    bar = tqdm(total=steps, desc="tune text encoder (LoRA)", disable=not show_progress,
-               dynamic_ncols=True)
+    bar = progress(steps, "tune text encoder (LoRA)", show_progress, unit="step")
     for _ in range(epochs):
         order = rng.permutation(len(uniq))
         for s in range(0, len(order), batch_size):

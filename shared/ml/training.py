@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,11 +18,12 @@ from safetensors.torch import load_file, save_file
 from shared.config import Settings, get_settings
 from shared.errors import ManifestError
 from shared.ml.artifact import Artifact, save_artifact
+from shared.ml.bounds import precision_lower_bound
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
 from shared.ml.consistency import Consistency
 from shared.ml.cross_fit import cross_fit_logits, head_logits
-from shared.ml.dataset import AxisKind, Record, content_hash, load_manifest, load_records, read_images
+from shared.ml.dataset import AxisKind, Record, content_hash, load_blobs, load_manifest, load_records
 from shared.ml.evaluation import evaluate_probs
 from shared.ml.evidence import alone_axes, fit_trust, input_evidence, trusted_axes
 from shared.ml.features import image_features, text_features
@@ -40,7 +43,10 @@ MODALITIES = ("text", "image", "both")
 @dataclass
 class TrainConfig:
     seed: int = 0
-    calibration_fraction: float = 0.1  # the served head's early stopping
+    # Shares of the rows (whole duplicate groups) held out of the served head's training: a
+    # calibration part (its early stopping, and calibration itself when calibration_folds <= 1)
+    # and a validation part (the report only; with a holdout, the holdout is the validation part).
+    calibration_fraction: float = 0.1
     # Temperatures and thresholds are fitted on out-of-fold scores over train + calibration, in
     # this many grouped folds (shared.ml.cross_fit); 0 or 1: on the calibration part alone.
     calibration_folds: int = 5
@@ -51,9 +57,82 @@ class TrainConfig:
     text_lr: float = 5e-4
     text_include_base: bool = True  # head reads [tuned ‖ untuned] text embeddings
     lora_r: int = 16
-    min_value_count: int = 2  # values rarer than this in training are not learned
+    min_value_count: int = 2  # values rarer than this in training are not learned (reported by name)
     target_precision: float | None = None  # None: the settings' target
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+
+
+def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
+    """What is wrong with a configuration, by field name (empty: nothing); cheap, so a command can
+    refuse bad options before any model loads."""
+    bad: dict[str, str] = {}
+    for name in ("calibration_fraction", "validation_fraction"):
+        v = getattr(cfg, name)
+        if not 0 < v < 1:
+            bad[name] = f"must be between 0 and 1 (exclusive), not {v}"
+    held = cfg.calibration_fraction + (0 if holdout else cfg.validation_fraction)
+    if not bad and held >= 0.9:
+        bad["calibration_fraction" if holdout else "validation_fraction"] = (
+            f"the held-out parts take {held:.0%} of the rows"
+            f"{'' if holdout else ' (calibration + validation)'}; at least 10% must stay to train on")
+    if cfg.min_value_count < 1:
+        bad["min_value_count"] = f"must be at least 1, not {cfg.min_value_count}"
+    if cfg.calibration_folds < 0:
+        bad["calibration_folds"] = f"must be 0 or more, not {cfg.calibration_folds}"
+    if not 0 < cfg.confidence < 1:
+        bad["confidence"] = f"must be between 0 and 1 (exclusive), not {cfg.confidence}"
+    if cfg.target_precision is not None and not 0 < cfg.target_precision <= 1:
+        bad["target_precision"] = f"must be in (0, 1], not {cfg.target_precision}"
+    if cfg.text_epochs < 0:
+        bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
+    if cfg.head.epochs < 1:
+        bad["head_epochs"] = f"must be at least 1, not {cfg.head.epochs}"
+    return bad
+
+
+def rare_values(records: list[Record], train_idx: np.ndarray, kinds: dict[str, AxisKind],
+                axes: list[Axis]) -> dict[str, dict[str, int]]:
+    """Per axis, the values some record carries that the model does not learn (seen fewer than
+    ``min_value_count`` times in the training part), with their training counts, most seen first.
+    An axis left with no value at all is listed with every value."""
+    learnt = {a.name: set(a.values) for a in axes}
+    out: dict[str, dict[str, int]] = {}
+    for name in kinds:
+        in_train = Counter(v for i in train_idx for v in records[i].labels.get(name, []))
+        every = {v for r in records for v in r.labels.get(name, [])}
+        dropped = every - learnt.get(name, set())
+        if dropped:
+            out[name] = {v: in_train.get(v, 0)
+                         for v in sorted(dropped, key=lambda v: (-in_train.get(v, 0), v))}
+    return out
+
+
+def needed_for_auto(target: float, confidence: float) -> int:
+    """The fewest calibration predictions that can prove ``target`` precision at ``confidence``
+    even when every one is right (149 for .98 at 95%)."""
+    n = max(1, math.ceil(math.log(1 - confidence) / math.log(target))) if target < 1 else 10**9
+    while n > 1 and precision_lower_bound(n - 1, n - 1, confidence) >= target:
+        n -= 1
+    while precision_lower_bound(n, n, confidence) < target:
+        n += 1
+    return n
+
+
+def calibration_gaps(axes: list[Axis], target: float, confidence: float) -> dict[str, dict]:
+    """Per axis with values that can never be auto-applied: which (by name) had too few calibration
+    predictions to prove ``target`` even if all were right, which had enough but were not precise
+    enough, and whether the axis as a whole can auto-apply anything."""
+    need = needed_for_auto(target, confidence)
+    out: dict[str, dict] = {}
+    for a in axes:
+        never = [v for v in a.values if not a.evidence.get(v, {}).get("auto")]
+        if not never:
+            continue
+        few = [v for v in never if a.evidence.get(v, {}).get("proposed", 0) < need]
+        out[a.name] = {"auto_values": len(a.values) - len(never), "values": len(a.values),
+                       "needed": need, "too_few": few,
+                       "not_precise": [v for v in never if v not in few]}
+    return out
 
 
 @dataclass
@@ -77,6 +156,9 @@ def prepare_records(
     """Split grouped by duplicates. With ``holdout`` (a frozen evaluation set of record ids) the
     validation part is exactly those records, and every record sharing a duplicate group with
     one of them is left out of training too, so the evaluation set never leaks into training."""
+    problems = config_problems(cfg, holdout is not None)
+    if problems:
+        raise ValueError("; ".join(f"{k}: {v}" for k, v in problems.items()))
     hashes = [content_hash(b) if b else None for b in blobs]
     groups = duplicate_groups([r.text for r in records], hashes)
     if holdout is None:
@@ -112,8 +194,7 @@ def prepare(manifest_path: str | Path, cfg: TrainConfig, holdout: set[str] | Non
             raise ManifestError(f"holdout: {len(unknown)} of its {len(holdout)} ids are not in "
                                 f"{manifest.table_path} (e.g. {sorted(unknown)[:3]})" if unknown
                                 else "holdout: no ids")
-    images = read_images(manifest, [r.image_ref for r in records])
-    blobs = [images.get(r.image_ref) if r.image_ref else None for r in records]
+    blobs = load_blobs(manifest, records)  # warns when photos it names are missing
     kinds = {name: spec.kind for name, spec in manifest.axes.items()}
     return prepare_records(manifest.name, records, blobs, kinds, cfg, holdout)
 
@@ -283,10 +364,14 @@ def train_prepared(
     c = part["calibration"]
     disagreement = fit_trust(input_evidence(head, axes, c.text, c.text_mask, c.image, c.image_mask,
                                             device), ys["calibration"], target, cfg.confidence)
+    # A modality is reported only where the data has that input: a text-only catalogue gets no
+    # image column. "both" (the served model) always is: live accuracy compares with it.
+    inputs = {"text": int(feats.text_mask.sum()), "image": int(feats.image_mask.sum())}
+    modalities = [m for m in MODALITIES if m == "both" or inputs[m]]
     report = {m: _validation_report(head, axes, part["validation"].only(m), ys["validation"], device, guard,
                                     consistency, [texts[i] for i in data.parts["validation"]], text_enc, m,
                                     disagreement)
-              for m in MODALITIES}
+              for m in modalities}
     timings["total_s"] = time.perf_counter() - started
     created = datetime.now(UTC)
     version = f"{data.name}-{created:%Y%m%d%H%M%S}-{data.fingerprint[:6]}"
@@ -311,7 +396,11 @@ def train_prepared(
             "dataset": data.name, "fingerprint": data.fingerprint,
             "n": {k: int(len(v)) for k, v in data.parts.items()},
             "missing_images": data.missing_images,
-            "config": asdict(cfg), "head_log": head_log, "calibration": cal_log,
+            "inputs": inputs,
+            # Values some record carries that the model never learnt (too rare in training).
+            "dropped_values": rare_values(recs, train_idx, data.kinds, axes),
+            "config": asdict(cfg), "head_log": head_log,
+            "calibration": {**cal_log, "gaps": calibration_gaps(axes, target, cfg.confidence)},
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
         },
         "novelty": guard.to_json(),

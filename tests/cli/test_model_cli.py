@@ -1,0 +1,121 @@
+"""``tagger train|predict|evaluate``: arguments checked before any model loads, help and tables
+readable at 80 columns, small-catalogue warnings by name (issue 12, points 3 and 7)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cli import model as cli_model
+from tests.cli.root import root_with
+
+app = root_with(cli_model.register)
+ENV = {"COLUMNS": "80", "TERM": "dumb", "NO_COLOR": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any test here that reaches a model load or a training run has checked too late."""
+    from shared.ml import predictor, training
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(predictor.Tagger, "load", classmethod(boom))
+    monkeypatch.setattr(training, "train", boom)
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args), env=ENV)
+
+
+def test_train_help_shows_a_sensible_finetune_pair() -> None:
+    res = run("train", "--help")
+    assert res.exit_code == 0
+    text = re.sub(r"\s+", " ", res.output)
+    assert "--no-no-" not in text
+    assert "--finetune-text / --no-finetune-text" in text and "…" not in text
+    for opt in ("--validation-fraction", "--calibration-fraction", "--min-value-count", "--json"):
+        assert opt in text
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--validation-fraction", "0.5", "--calibration-fraction", "0.45"], "--validation-fraction"),
+    (["--calibration-fraction", "0"], "--calibration-fraction"),
+    (["--min-value-count", "0"], "--min-value-count"),
+    (["--confidence", "1.5"], "--confidence"),
+])
+def test_train_refuses_bad_options_before_training(
+    tmp_path: Path, sample_manifest: Path, args: list[str], named: str,
+) -> None:
+    res = run("train", "--dataset", str(sample_manifest), "--out", str(tmp_path / "m"),
+              "--no-finetune-text", *args)
+    assert res.exit_code == 2, res.output
+    assert named in res.output and not (tmp_path / "m").exists()
+
+
+def test_train_refuses_a_missing_dataset_or_holdout(tmp_path: Path, sample_manifest: Path) -> None:
+    res = run("train", "--dataset", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "m"))
+    assert res.exit_code == 2 and "--dataset" in res.output
+    res = run("train", "--dataset", str(sample_manifest), "--out", str(tmp_path / "m"),
+              "--holdout", str(tmp_path / "ids.txt"))
+    assert res.exit_code == 2 and "--holdout" in res.output
+
+
+def test_evaluate_checks_arguments_before_loading(tmp_path: Path, sample_manifest: Path) -> None:
+    res = run("evaluate", "--dataset", str(tmp_path / "nope.yaml"))
+    assert res.exit_code == 2 and "--dataset" in res.output and "not found" in res.output
+    (tmp_path / "empty").mkdir()
+    res = run("evaluate", "--dataset", str(sample_manifest), "--model", str(tmp_path / "empty"))
+    assert res.exit_code == 2 and "--model" in res.output and "manifest.json" in res.output
+    res = run("evaluate", "--dataset", str(sample_manifest), "--modality", "audio")
+    assert res.exit_code == 2 and "--modality" in res.output
+
+
+def test_predict_checks_the_model_before_loading(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    res = run("predict", "--title", "red shirt", "--model", str(tmp_path / "empty"))
+    assert res.exit_code == 2 and "--model" in res.output
+    res = run("predict", "--title", "red shirt", "--top-k", "0")
+    assert res.exit_code == 2 and "--top-k" in res.output
+
+
+def _metrics(n: int = 6626) -> dict:
+    return {"accuracy": 0.9771, "macro_f1": 0.85, "auto_precision": 0.9912,
+            "auto_precision_lower": 0.9851, "auto_coverage": 0.8123, "abstentions": 12,
+            "contradictions": 0, "n": n}
+
+
+def test_metrics_table_fits_80_columns() -> None:
+    axes = ["gender", "masterCategory", "subCategory", "articleType", "baseColour"]
+    by = {m: {a: _metrics() for a in axes} for m in ("text", "image", "both")}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(cli_model.metrics_table("fashion-small-20260101000000-abcdef — validation", by))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for a in axes:
+        assert re.search(rf"{a}\s+\.977\s+\.977\s+\.977\s+\.850\s+\.991\s+\.985\s+\.812\s+12\s+0\s+6626", text)
+
+
+def test_a_text_only_report_has_no_image_column() -> None:
+    console = Console(width=80, record=True, color_system=None)
+    console.print(cli_model.metrics_table("m", {"text": {"brand": _metrics()}, "both": {"brand": _metrics()}}))
+    assert "image" not in console.export_text()
+
+
+def test_training_warnings_name_rare_and_uncalibrated_values() -> None:
+    manifest = {"target_precision": 0.98, "training": {
+        "config": {"min_value_count": 2},
+        "dropped_values": {"brand": {"Acme": 1, "Zed": 0}},
+        "calibration": {"gaps": {
+            "brand": {"auto_values": 0, "values": 3, "needed": 149, "too_few": ["AHC", "兰蔻"],
+                      "not_precise": ["sk2"]}}}}}
+    lines = cli_model._training_warnings(manifest)
+    assert any("brand: 2 values seen fewer than 2 times" in ln and "Acme (1), Zed (0)" in ln
+               for ln in lines)
+    assert any("brand: cannot be calibrated" in ln for ln in lines)
+    assert any("fewer than 149 calibration predictions" in ln and "AHC, 兰蔻" in ln for ln in lines)
