@@ -7,6 +7,14 @@ can no longer be acked either. So every time the consumer (re)builds its strateg
 stale handle and the stale buffer: Redis redelivers those messages after the visibility timeout,
 and the batch writes are idempotent.
 
+celery-batches also sends none of the per-task events Flower counts, and never counts the requests
+in the worker's processed totals. Here each request of a batch gets them, through the consumer's
+event dispatcher (which buffers task events and sends them in groups): ``task-received`` when it is
+buffered, ``task-started`` when its batch starts, then ``task-succeeded`` (runtime: its batch's) or
+``task-failed`` / ``task-retried`` with the reason KIND the batch reported under :data:`OUTCOMES`
+(``dead_lettered: malformed``, never the event's data). Arguments are never sent: they hold the
+product's title and description.
+
 celery-batches flushes whatever is buffered at each tick of a repeating ``flush_interval`` timer, so
 under load a tick that lands while the consumer refills its prefetch window splits a full batch
 into 2 + 30 (measured: one batch in four). Here a partial batch runs only once its OLDEST request
@@ -24,9 +32,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from itertools import count
-from time import monotonic
+from queue import Queue
+from time import monotonic, time
 from typing import Any
 
+from celery.worker import state as worker_state
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
@@ -34,6 +44,59 @@ log = logging.getLogger(__name__)
 
 #: Key of a batch's return value: ids of the requests that must not be acked.
 UNACKED = "unacked_ids"
+#: Key of a batch's return value: ``{request_id: "succeeded" | "failed:KIND" | "retried:KIND"}``.
+OUTCOMES = "outcomes"
+
+
+def _not_active(*_args: Any) -> None:
+    """Counted as processed, not listed as active: Celery's active requests drive prefetch restoring
+    and shutdown cancelling, which a buffered batch request must not join."""
+
+
+class _EventfulBuffer(Queue):
+    """The batch buffer: a request put in it is announced (``task-received``)."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        send_received(item)
+
+
+def send_received(req: Any) -> None:
+    try:
+        req.send_event("task-received", name=req.name, args="", kwargs="", root_id=req.root_id,
+                       parent_id=req.parent_id, retries=(req.request_dict or {}).get("retries", 0),
+                       eta=req.eta and req.eta.isoformat(), expires=req.expires and req.expires.isoformat())
+    except Exception:  # events are monitoring: never lose a request over them
+        log.debug("task_event_failed", exc_info=True)
+
+
+def send_started(requests: Collection[Any]) -> None:
+    for req in requests:
+        try:
+            worker_state.task_accepted(req, add_request=_not_active, add_active_request=_not_active)
+            req.send_event("task-started")
+        except Exception:
+            log.debug("task_event_failed", exc_info=True)
+
+
+def send_outcomes(requests: Collection[Any], result: Any, runtime: float, keep: set[str]) -> None:
+    """One event per request, from the batch's report. Requests kept for the broker get none here
+    (their reject sends ``task-rejected``; they come back with the same id)."""
+    outcomes = result.get(OUTCOMES) if isinstance(result, dict) else None
+    outcomes = outcomes if isinstance(outcomes, dict) else {}
+    for req in requests:
+        if req.id in keep:
+            continue
+        state, _, kind = str(outcomes.get(req.id, "succeeded")).partition(":")
+        try:
+            if state == "failed":
+                req.send_event("task-failed", exception=f"dead_lettered: {kind or 'unknown'}", traceback="")
+            elif state == "retried":
+                req.send_event("task-retried", exception=f"requeued: {kind or 'unknown'}", traceback="")
+            else:
+                req.send_event("task-succeeded", result="", runtime=runtime)
+        except Exception:
+            log.debug("task_event_failed", exc_info=True)
 
 
 def _keep_ids(result: Any, requests: Collection[Any]) -> set[str]:
@@ -57,6 +120,7 @@ class ReliableBatches(Batches):
                 stale += 1
         if stale:
             log.warning("batch_buffer_dropped n=%d reason=consumer_restart", stale)
+        self._buffer = _EventfulBuffer()  # announces each request it buffers (task-received)
         self._count = count(1)
         self._first_at: float | None = None  # when the oldest request now buffered arrived
         handler = super().Strategy(task, app, consumer)
@@ -85,14 +149,19 @@ class ReliableBatches(Batches):
         early = [r for r in requests if not r.task.acks_late]
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
 
+        started = [0.0]
+
         def on_accepted(pid: int, time_accepted: float) -> None:
+            started[0] = time()
             for req in early:
                 req.acknowledge()
+            send_started(requests)
 
         def on_return(result: Any) -> None:
             keep = _keep_ids(result, requests)
             if keep:
                 log.warning("batch_requeued_unacked n=%d", len(keep))
+            send_outcomes(requests, result, time() - (started[0] or time()), keep)
             for req in requests:
                 if req.id in keep:
                     # Back to the queue now when the broker is up; when it is not, the message stays

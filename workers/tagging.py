@@ -25,7 +25,7 @@ from shared.metrics import count_failure, observe_batch, set_accuracy
 from shared.ml.live_accuracy import RollingAccuracy
 from shared.stopwatch import Stopwatch
 from workers.audit import SwitchWatcher
-from workers.batching import UNACKED
+from workers.batching import OUTCOMES, UNACKED
 from workers.deliveries import Delivery, decode, requeue_or_dead_letter
 from workers.hotswap import ModelWatcher, announce, warm_up
 from workers.readiness import mark_model_loaded, readiness, wait_for_database
@@ -150,6 +150,22 @@ def _observe_accuracy(rt: Runtime, preds: list[Any]) -> None:
     set_accuracy(rt.accuracy.estimates())
 
 
+def _outcomes(deliveries: list[Delivery], kind: str, max_attempts: int,
+              unhanded: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """Each request's outcome for Flower's task events (:data:`OUTCOMES`): a reason KIND, never data.
+    Mirrors :func:`workers.deliveries.requeue_or_dead_letter`: malformed or out of attempts ->
+    dead-lettered ("failed"), else re-enqueued ("retried"); unhanded ones are left to the broker."""
+    out = {}
+    for d in deliveries:
+        if d.req.id in unhanded:
+            continue
+        if d.reason is not None:
+            out[d.req.id] = "failed:" + ("malformed" if d.event is None else "attempts_exhausted")
+        else:
+            out[d.req.id] = ("failed:" if d.attempt >= max_attempts else "retried:") + kind
+    return out
+
+
 def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     """Tag one batch; returns a small report (also logged as one line). Never raises.
 
@@ -184,7 +200,7 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
         unhanded = requeue_or_dead_letter(app, s, deliveries, f"infer: {type(exc).__name__}")
         count_failure("batch", len(requests))
         return {"n": len(requests), "failed": len(requests), "error": f"infer: {type(exc).__name__}",
-                UNACKED: unhanded}
+                UNACKED: unhanded, OUTCOMES: _outcomes(deliveries, "infer_error", s.max_attempts, unhanded)}
     t_infer = time.perf_counter()
     try:
         with watch.stage("write"):
@@ -197,7 +213,8 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
         log.error("batch_failed stage=write n=%d error=%s", len(requests), reason)
         unhanded = requeue_or_dead_letter(app, s, deliveries, reason)
         count_failure("batch", len(requests))
-        return {"n": len(requests), "failed": len(requests), "error": reason, UNACKED: unhanded}
+        return {"n": len(requests), "failed": len(requests), "error": reason, UNACKED: unhanded,
+                OUTCOMES: _outcomes(deliveries, "write_error", s.max_attempts, unhanded)}
     unhanded = []
     for d, reason in report.failed:  # a write that failed alone for no known reason: one more attempt
         unhanded += requeue_or_dead_letter(app, s, [d], reason)
@@ -217,4 +234,9 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
              report.waited_s)
     return {"n": len(requests), "tagged": len(results) - len(report.refused) - len(report.failed),
             "dead_lettered": dead, "image_errors": image_errors, "refused": len(report.refused),
-            "waited_s": round(report.waited_s, 1), UNACKED: unhanded}
+            "waited_s": round(report.waited_s, 1), UNACKED: unhanded,
+            OUTCOMES: {**{d.req.id: "succeeded" if r.status == "tagged" else "failed:tagging_failed"
+                          for d, r in zip(todo, results, strict=True)},
+                       **_outcomes(given_up, "", s.max_attempts),
+                       **{d.req.id: "failed:refused" for d, _ in report.refused},
+                       **_outcomes([d for d, _ in report.failed], "write_error", s.max_attempts, unhanded)}}

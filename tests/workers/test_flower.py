@@ -42,7 +42,7 @@ def flower(make_redis: Callable, tmp_path: Path) -> Iterator[Callable[..., tuple
     def start(**env: str) -> tuple[int, Path]:
         port, log = free_port(), tmp_path / f"flower-{len(procs)}.log"
         full = {k: v for k, v in os.environ.items() if not k.startswith("TAGGER_")}
-        full.update(TAGGER_BROKER_URL=redis.url, **env)
+        full.update({"TAGGER_BROKER_URL": redis.url, **env})  # a test may point it at its worker's
         procs.append(subprocess.Popen([sys.executable, "-m", "cli.main", "flower", "--port", str(port)],
                                       cwd=REPO, env=full, stdout=open(log, "w"),  # noqa: SIM115
                                       stderr=subprocess.STDOUT))
