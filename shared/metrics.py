@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
@@ -29,6 +30,15 @@ batch_size = Histogram("tagger_batch_size", "Deliveries per tagging batch.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 stage_seconds = Histogram("tagger_stage_seconds", "Seconds spent per tagging stage.", ["stage"])
 failures_total = Counter("tagger_failures_total", "Tagging failures by reason.", ["reason"])
+event_outcomes_total = Counter(
+    "tagger_event_outcomes_total", "Deliveries a tagging batch finished with, by outcome: succeeded, failed "
+    "(dead-lettered; kind says why, e.g. malformed, refused), retried (re-enqueued with one more attempt) or "
+    "handed_back (left to the broker, redelivered later); kind is empty for succeeded and handed_back.",
+    ["outcome", "kind"])
+axis_decisions_total = Counter(
+    "tagger_axis_decisions_total", "Tagged items per axis by what the model decided: status auto (at least "
+    "one value applied on the axis) or review (none applied: the axis waits for a reviewer).",
+    ["axis", "status"])
 live_model = Gauge("tagger_live_model", "1 for the model version this process serves.", ["version"])
 worker_database_up = Gauge("tagger_worker_database_up", "1 while this worker's last database write or "
                            "probe succeeded, 0 while it waits for the database (no attempt is counted).")
@@ -44,6 +54,11 @@ reference_accuracy = Gauge(
 accuracy_alert_margin = Gauge(
     "tagger_accuracy_alert_margin", "TAGGER_ACCURACY_ALERT_MARGIN: how far the estimate may fall under the "
     "reference before the TaggerAccuracyDrop alert fires (docker/prometheus/alerts.yml).")
+
+http_request_seconds = Histogram(
+    "tagger_http_request_seconds", "Seconds the API took to answer, by method, route template (never the "
+    "raw path: ids would explode the series) and status class (2xx, 4xx, 5xx).",
+    ["method", "route", "status"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
 # The live audit's switches (shared/audit.py), read from auto_switches by the API at each scrape.
 AUDIT_LABELS = ["axis", "value"]
@@ -86,6 +101,36 @@ def count_failure(reason: str, n: int = 1) -> None:
     try:
         if n:
             failures_total.labels(reason=reason).inc(n)
+    except Exception:  # pragma: no cover
+        log.debug("metrics_failed", exc_info=True)
+
+
+def count_outcomes(outcomes: Iterable[str]) -> None:
+    """One batch's per-delivery outcomes, each ``"outcome"`` or ``"outcome:kind"``."""
+    try:
+        counts: dict[tuple[str, str], int] = {}
+        for outcome in outcomes:
+            state, _, kind = outcome.partition(":")
+            counts[(state, kind)] = counts.get((state, kind), 0) + 1
+        for (state, kind), n in counts.items():
+            event_outcomes_total.labels(outcome=state, kind=kind).inc(n)
+    except Exception:  # pragma: no cover
+        log.debug("metrics_failed", exc_info=True)
+
+
+def count_axis_decisions(items: Iterable[Iterable[Any]]) -> None:
+    """Per tagged item (its model tags, objects with ``axis`` and ``status``): one decision per axis."""
+    try:
+        counts: dict[tuple[str, str], int] = {}
+        for tags in items:
+            axes: dict[str, bool] = {}
+            for tag in tags:
+                axes[tag.axis] = axes.get(tag.axis, False) or tag.status == "auto"
+            for axis, auto in axes.items():
+                key = (axis, "auto" if auto else "review")
+                counts[key] = counts.get(key, 0) + 1
+        for (axis, status), n in counts.items():
+            axis_decisions_total.labels(axis=axis, status=status).inc(n)
     except Exception:  # pragma: no cover
         log.debug("metrics_failed", exc_info=True)
 
@@ -198,6 +243,38 @@ def set_audit_switches(rows: Iterable[tuple[str, str, bool, float, float, int]] 
             audit_decisions.labels(axis=axis, value=value).set(n)
     except Exception:  # pragma: no cover
         log.debug("metrics_failed", exc_info=True)
+
+
+class RequestTimer:
+    """ASGI middleware timing every HTTP request into ``tagger_http_request_seconds``:
+    ``app.add_middleware(RequestTimer)``. The route is the matched template (Starlette puts it in the
+    scope while routing), ``unmatched`` for a 404 on no route; the body is not touched."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        import time
+
+        t0, status = time.perf_counter(), [500]
+
+        async def watch(message: dict) -> None:
+            if message.get("type") == "http.response.start":
+                status[0] = int(message.get("status", 500))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            try:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                http_request_seconds.labels(method=scope.get("method", ""), route=route,
+                                            status=f"{status[0] // 100}xx").observe(time.perf_counter() - t0)
+            except Exception:  # pragma: no cover
+                log.debug("metrics_failed", exc_info=True)
 
 
 _server_started = False

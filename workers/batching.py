@@ -40,6 +40,8 @@ from celery.worker import state as worker_state
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from shared.metrics import count_outcomes
+
 log = logging.getLogger(__name__)
 
 #: Key of a batch's return value: ids of the requests that must not be acked.
@@ -80,14 +82,18 @@ def send_started(requests: Collection[Any]) -> None:
 
 
 def send_outcomes(requests: Collection[Any], result: Any, runtime: float, keep: set[str]) -> None:
-    """One event per request, from the batch's report. Requests kept for the broker get none here
-    (their reject sends ``task-rejected``; they come back with the same id)."""
+    """One event per request, from the batch's report (each counted in ``tagger_event_outcomes_total``).
+    Requests kept for the broker get none here (their reject sends ``task-rejected``; they come back
+    with the same id)."""
     outcomes = result.get(OUTCOMES) if isinstance(result, dict) else None
     outcomes = outcomes if isinstance(outcomes, dict) else {}
+    each = {req.id: "handed_back" if req.id in keep else str(outcomes.get(req.id, "succeeded"))
+            for req in requests}
+    count_outcomes(each.values())
     for req in requests:
         if req.id in keep:
             continue
-        state, _, kind = str(outcomes.get(req.id, "succeeded")).partition(":")
+        state, _, kind = each[req.id].partition(":")
         try:
             if state == "failed":
                 req.send_event("task-failed", exception=f"dead_lettered: {kind or 'unknown'}", traceback="")

@@ -21,7 +21,7 @@ from shared.db.faults import describe
 from shared.db.tags import TaggingResult, product_content_hash
 from shared.events import ProductUploaded
 from shared.fetch import FetchError, ImageFetcher
-from shared.metrics import count_failure, observe_batch, set_accuracy
+from shared.metrics import count_axis_decisions, count_failure, observe_batch, set_accuracy
 from shared.ml.live_accuracy import RollingAccuracy
 from shared.stopwatch import Stopwatch
 from workers.audit import SwitchWatcher
@@ -225,6 +225,9 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     observe_batch(len(requests), {**watch.seconds, "infer": t_infer - t0})
     count_failure("image", image_errors)
     count_failure("refused", len(report.refused))
+    not_written = {d.req.id for d, _ in report.refused + report.failed}
+    count_axis_decisions(r.tags for d, r in zip(todo, results, strict=True)
+                         if r.status == "tagged" and d.req.id not in not_written)
     ms = watch.ms()
     dead = len(given_up) + len(report.refused)
     log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d "
