@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         "database or broker is not the event's fault and never counts).",
     )
     outage_backoff_max_s: float = Field(
-        30.0, gt=0, description="Longest pause between a worker's probes of a database it cannot reach "
+        5.0, gt=0, description="Longest pause between a worker's probes of a database it cannot reach "
         "(doubling from 0.5 s); the batch in hand waits, unacked, and no new batch starts meanwhile.",
     )
     outage_max_wait_s: float = Field(
