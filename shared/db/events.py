@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.models import DeadLetter, TaggingEvent
-from shared.db.sql import chunks, dialect_insert
+from shared.db.sql import chunks, dialect_insert, set_based, unnest_select
 from shared.events import ProductUploaded
 
 _events = cast(sa.Table, TaggingEvent.__table__)
@@ -86,8 +87,14 @@ def mark_unsendable(session: Session, event_id: str, error: str, now: datetime) 
 # --- outcomes (the workers) -----------------------------------------------------------------------
 
 def upsert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert or update tagging_events by event_id; a failure never demotes a tagged or dead event."""
+    """Insert or update tagging_events by event_id; a failure never demotes a tagged or dead event.
+    Postgres: the rows as one array per column (one statement), like the batch's tags."""
+    rows = sorted(rows, key=lambda row: row["event_id"])
+    as_arrays = set_based(session, rows, ["event_id"])
     stmt = dialect_insert(session, _events)
+    if as_arrays:
+        columns = list(rows[0])
+        stmt = postgresql.insert(_events).from_select(columns, unnest_select(_events, rows, columns))
     excluded = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[_events.c.event_id],
@@ -106,7 +113,10 @@ def upsert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         where=sa.or_(excluded.status != "failed",
                      sa.and_(_events.c.status != "tagged", _events.c.status != "dead")),
     )
-    session.execute(stmt, sorted(rows, key=lambda row: row["event_id"]))
+    if as_arrays:
+        session.execute(stmt)
+    elif rows:
+        session.execute(stmt, rows)
 
 
 def record_failure(session: Session, event_id: str, product_id: str, error: str, attempts: int) -> None:

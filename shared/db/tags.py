@@ -16,12 +16,13 @@ from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.events import upsert_events
 from shared.db.models import HUMAN_TAG_STATUSES, MODEL_TAG_STATUSES, REVIEW_REASONS, Product, ProductTag
-from shared.db.sql import chunks, dialect_insert
+from shared.db.sql import chunks, copy_select, dialect_insert, set_based, unnest_select
 
 _products = cast(sa.Table, Product.__table__)
 _tags = cast(sa.Table, ProductTag.__table__)
@@ -127,7 +128,19 @@ def _upsert_products(session: Session, results: Sequence[TaggingResult], now: da
     """
     if not results:
         return set()
+    rows = [
+        {"product_id": r.product_id, "seller_id": r.seller_id, "title": r.title,
+         "description": r.description, "image_uri": r.image_uri, "locale": r.locale,
+         "content_hash": r.content_hash, "last_event_at": r.occurred_at,
+         "model_version": r.model_version, "novelty": r.novelty, "novelty_reason": r.novelty_reason,
+         "created_at": now, "updated_at": now}
+        for r in sorted(results, key=lambda r: r.product_id)
+    ]
+    as_arrays = set_based(session, rows, ["product_id"])
     stmt = dialect_insert(session, _products)
+    if as_arrays:
+        columns = list(rows[0])
+        stmt = postgresql.insert(_products).from_select(columns, unnest_select(_products, rows, columns))
     excluded = stmt.excluded
     updated = ("seller_id", "title", "description", "image_uri", "locale", "content_hash",
                "last_event_at", "model_version", "novelty", "novelty_reason", "updated_at")
@@ -137,14 +150,8 @@ def _upsert_products(session: Session, results: Sequence[TaggingResult], now: da
         # Equal times re-apply (a redelivery writes the same values again); older ones are stale.
         where=_products.c.last_event_at <= excluded.last_event_at,
     ).returning(_products.c.product_id)
-    rows = [
-        {"product_id": r.product_id, "seller_id": r.seller_id, "title": r.title,
-         "description": r.description, "image_uri": r.image_uri, "locale": r.locale,
-         "content_hash": r.content_hash, "last_event_at": r.occurred_at,
-         "model_version": r.model_version, "novelty": r.novelty, "novelty_reason": r.novelty_reason,
-         "created_at": now, "updated_at": now}
-        for r in sorted(results, key=lambda r: r.product_id)
-    ]
+    if as_arrays:
+        return set(session.execute(stmt).scalars())
     return set(session.execute(stmt, rows).scalars())
 
 
@@ -167,11 +174,15 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
                          "evidence": tag.evidence, "updated_at": now}
     if not rows:
         return
+    ordered = [rows[key] for key in sorted(rows)]
     # After the delete only human rows can conflict, and a human decision always wins.
-    stmt = dialect_insert(session, _tags).on_conflict_do_nothing(
-        index_elements=[_tags.c.product_id, _tags.c.axis, _tags.c.value]
-    )
-    session.execute(stmt, [rows[key] for key in sorted(rows)])
+    conflict = [_tags.c.product_id, _tags.c.axis, _tags.c.value]
+    if set_based(session, ordered, ["product_id", "axis", "value"]):  # the batch's tags, one statement
+        columns = list(ordered[0])
+        stmt = postgresql.insert(_tags).from_select(columns, copy_select(session, _tags, ordered, columns))
+        session.execute(stmt.on_conflict_do_nothing(index_elements=conflict))
+        return
+    session.execute(dialect_insert(session, _tags).on_conflict_do_nothing(index_elements=conflict), ordered)
 
 
 def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutcome:

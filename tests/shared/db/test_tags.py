@@ -256,3 +256,17 @@ def test_unknown_review_reason_and_non_finite_novelty_are_refused() -> None:
         result(tags=(("colour", "navy", 0.9, "review", "bored"),))
     with pytest.raises(ValueError, match="novelty is nan"):
         result(novelty=float("nan"))
+
+
+def test_evidence_and_every_column_round_trip_through_the_batch_write(session: Session) -> None:
+    """Postgres writes the batch as arrays (unnest): JSON, floats, NULLs and times must come back as given."""
+    evidence = {"shares": {"title": 0.7, "photo": 0.3}, "title_alone": "Men", "photo_alone": None}
+    r = result(tags=(("gender", "Men", 0.991, "auto", None, evidence), ("usage", "Sports", 0.5, "review",
+                                                                          "one_input", None)))
+    apply_batch(session, [r])
+    query = sa.select(ProductTag).where(ProductTag.product_id == "p1")
+    rows = {row.axis: row for row in session.execute(query).scalars()}
+    assert rows["gender"].evidence == evidence and rows["gender"].reason is None
+    usage = rows["usage"]
+    assert (usage.evidence, usage.reason, usage.status) == (None, "one_input", "review")
+    assert rows["gender"].score == pytest.approx(0.991) and rows["gender"].updated_at.tzinfo is not None
