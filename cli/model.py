@@ -100,12 +100,15 @@ def _auto_lines(manifest: dict) -> list[str]:
     return lines
 
 
+LEXICAL_BUCKETS = 0  # tagger train's default for --lexical-buckets (docs/MODEL.md, "The lexical channel")
+
 NAMES_SHOWN = 20  # dropped values named per axis on the terminal; all are in manifest.json
 
 OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction":
           "--validation-fraction", "min_value_count": "--min-value-count", "calibration_folds":
           "--calibration-folds", "confidence": "--confidence", "target_precision":
-          "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs"}
+          "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs",
+          "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim"}
 
 
 def _warn(message: str) -> None:
@@ -172,6 +175,11 @@ def train(
         "accuracy: docs/MODEL.md).")] = 0.05,
     class_weight_power: Annotated[float, typer.Option(
         help="Class weight = count^-power in the head's loss; 0: unweighted.")] = 0.3,
+    lexical_buckets: Annotated[int, typer.Option(
+        help="The lexical channel: the title's character 1-4-grams hashed into this many "
+        "buckets, a third input of the head beside title embedding and photo; 0: off.")] = LEXICAL_BUCKETS,
+    lexical_dim: Annotated[int, typer.Option(
+        help="Width of the lexical channel's bucket embeddings (stored float16).")] = 32,
     holdout: Annotated[Path | None, typer.Option(
         help="File of record ids, one per line: the validation part (e.g. a catalogue's official "
         "test split) instead of a random grouped share.")] = None,
@@ -206,7 +214,9 @@ def train(
                       calibration_fraction=calibration_fraction, min_value_count=min_value_count,
                       head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed,
                                            label_smoothing=label_smoothing,
-                                           class_weight_power=class_weight_power))
+                                           class_weight_power=class_weight_power,
+                                           lexical_buckets=lexical_buckets,
+                                           lexical_dim=lexical_dim))
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))

@@ -44,7 +44,8 @@ class Artifact:
 
 
 def save_artifact(out_dir: str | Path, artifact: Artifact) -> Path:
-    """Write the files; weights in fp32 (the head is small, and scores must round-trip).
+    """Write the files; weights as given: fp32 (scores must round-trip), except the head's
+    lexical tables, which the trainer rounds to and stores in fp16 (``FusionHead.export_state``).
     The manifest is checked against the schema first: nothing is written for one no reader accepts."""
     out = Path(out_dir)
     files = [HEAD] + [ADAPTER] * (artifact.adapter is not None) + [NOVELTY] * (artifact.novelty is not None)

@@ -2,13 +2,15 @@
 
 Reviewers and sellers ask why a tag was given. The gated head already decides, per axis and item,
 how much to trust the title and the photo (``FusionHead.gate_weights``); those weights are the
-tag's input shares. The head was trained with modality dropout, so it can also score an item from
-its title alone or its photo alone: when both inputs are present and each, alone, would have
-auto-applied a *different* value (its score clears that value's threshold), the two inputs
-contradict each other: most often the photo shows another product. Then nothing about the item
-can be trusted, so the item applies nothing: every tag goes to review with reason
-``disagreement`` (``Prediction.disagreements`` names the axes the inputs disagreed on). Sending
-only the disagreeing axis left a wrong photo's subCategory auto-applied at .56 precision.
+tag's input shares (with the lexical channel, the title's n-grams are part of the title: their
+weight is added to the title's share). The head was trained with modality dropout, so it can
+also score an item from its title alone or its photo alone: when both inputs are present and
+each, alone, would have auto-applied a *different* value (its score clears that value's
+threshold), the two inputs contradict each other: most often the photo shows another product.
+Then nothing about the item can be trusted, so the item applies nothing: every tag goes to
+review with reason ``disagreement`` (``Prediction.disagreements`` names the axes the inputs
+disagreed on). Sending only the disagreeing axis left a wrong photo's subCategory auto-applied
+at .56 precision.
 
 An input's solo opinion counts only on axes where it has earned trust: at training time, on the
 calibration part, each input's solo auto tags must themselves reach the precision target (95%
@@ -162,8 +164,13 @@ def input_evidence(
     head: FusionHead, axes: list[Axis], text: np.ndarray, text_mask: np.ndarray,
     image: np.ndarray, image_mask: np.ndarray, device: torch.device,
     trusted: frozenset[str] = frozenset(), alone: dict[str, frozenset[str]] | None = None,
+    lex_ids: np.ndarray | None = None, lex_counts: np.ndarray | None = None,
 ) -> Evidence:
-    """The evidence of ready-made features: gate weights and single-input probabilities."""
+    """The evidence of ready-made features: gate weights and single-input probabilities.
+
+    With the lexical channel (``lex_ids``/``lex_counts``: the titles' hashed n-grams) the title
+    is its embedding and its n-grams together: "title alone" keeps both, "photo alone" drops
+    both, and the title's share is the sum of the two views' gate weights."""
     n = len(text)
     parts: dict[str, dict[str, list[np.ndarray]]] = {"shares": {}, "title": {}, "photo": {}}
     gated = head.cfg.fusion == "gated"
@@ -172,14 +179,23 @@ def input_evidence(
         tx, ix = torch.from_numpy(text[sl]).to(device), torch.from_numpy(image[sl]).to(device)
         tm, im = torch.from_numpy(text_mask[sl]).to(device), torch.from_numpy(image_mask[sl]).to(device)
         none = torch.zeros_like(tm)
-        title = _probs(head, axes, (tx, tm, ix, none))
-        photo = _probs(head, axes, (tx, none, ix, im))
-        gates = head.gate_weights(tx, tm, ix, im) if gated else None
+        lex: tuple[torch.Tensor, ...] = ()
+        no_lex: tuple[torch.Tensor, ...] = ()
+        if lex_ids is not None:
+            ids = torch.from_numpy(lex_ids[sl]).to(device)
+            counts = torch.from_numpy(lex_counts[sl]).to(device)
+            lex, no_lex = (ids, counts), (ids, torch.zeros_like(counts))
+        title = _probs(head, axes, (tx, tm, ix, none, *lex))
+        photo = _probs(head, axes, (tx, none, ix, im, *no_lex))
+        gates = head.gate_weights(tx, tm, ix, im, *lex) if gated else None
         for a in axes:
             parts["title"].setdefault(a.name, []).append(title[a.name])
             parts["photo"].setdefault(a.name, []).append(photo[a.name])
             if gates is not None:
-                parts["shares"].setdefault(a.name, []).append(gates[a.name].float().cpu().numpy())
+                g = gates[a.name].float().cpu().numpy()
+                if g.shape[1] == 3:  # title embedding, photo, title n-grams: the title's is 0 + 2
+                    g = np.stack([g[:, 0] + g[:, 2], g[:, 1]], axis=1)
+                parts["shares"].setdefault(a.name, []).append(g)
 
     def joined(key: str, a: Axis, width: int) -> np.ndarray:
         got = parts[key].get(a.name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -11,32 +11,42 @@ from torch import nn
 
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.labels import Axis
+from shared.ml.lexical import document_frequency
 from shared.ml.progress import progress
 
 
 @dataclass
 class Features:
-    """Model inputs for a set of items (row-aligned)."""
+    """Model inputs for a set of items (row-aligned). ``lex_ids``/``lex_counts``: the texts'
+    hashed character n-grams (shared.ml.lexical), only for a head with the lexical channel."""
 
     text: np.ndarray
     text_mask: np.ndarray
     image: np.ndarray
     image_mask: np.ndarray
+    lex_ids: np.ndarray | None = None
+    lex_counts: np.ndarray | None = None
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        base = (self.text, self.text_mask, self.image, self.image_mask)
+        return base if self.lex_ids is None else (*base, self.lex_ids, self.lex_counts)
 
     def take(self, idx: np.ndarray) -> Features:
-        return Features(self.text[idx], self.text_mask[idx], self.image[idx], self.image_mask[idx])
+        return Features(*(a[idx] for a in self._arrays()))
 
     def only(self, modality: str) -> Features:
-        """The same items as the model sees them with one modality missing."""
+        """The same items as the model sees them with one modality missing (the title's n-grams
+        are the title: without it they are missing too)."""
         if modality == "text":
-            return Features(self.text, self.text_mask, self.image, np.zeros_like(self.image_mask))
+            return replace(self, image_mask=np.zeros_like(self.image_mask))
         if modality == "image":
-            return Features(self.text, np.zeros_like(self.text_mask), self.image, self.image_mask)
+            return replace(self, text_mask=np.zeros_like(self.text_mask),
+                           lex_counts=None if self.lex_counts is None else np.zeros_like(self.lex_counts))
         return self
 
     def tensors(self, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(a[idx]).to(device) for a in
-                     (self.text, self.text_mask, self.image, self.image_mask))
+        """The head's positional inputs: (text, text_mask, image, image_mask[, lex_ids, lex_counts])."""
+        return tuple(torch.from_numpy(a[idx]).to(device) for a in self._arrays())
 
 
 @dataclass
@@ -53,6 +63,10 @@ class HeadTrainConfig:
     class_weight_power: float = 0.3  # weight = count^-power: tempers imbalance, keeps accuracy
     label_smoothing: float = 0.05
     seed: int = 0
+    # The lexical channel (shared.ml.lexical): hashed n-gram buckets (0: off) and their width.
+    # Training needs Features with lex_ids/lex_counts when it is on.
+    lexical_buckets: int = 0
+    lexical_dim: int = 32
 
 
 def _class_weights(axis: Axis, y: np.ndarray, power: float) -> torch.Tensor | None:
@@ -91,6 +105,29 @@ def _targets_tensor(axes, y: dict[str, np.ndarray], idx: np.ndarray, device) -> 
     return out
 
 
+def _dropped(inputs: tuple[torch.Tensor, ...], rng: np.random.Generator, p: float,
+             device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Modality dropout: with chance ``p`` an item with a title and a photo loses one of them
+    (half each). With the lexical channel, the title is its embedding and its n-grams together
+    (both go), and, independently, with chance ``p`` an item with both title views loses one of
+    them (half each), so neither view can carry the head alone."""
+    t, tm, im, imm = inputs[:4]
+    both = tm & imm
+    r = torch.from_numpy(rng.random(len(t))).to(device)
+    drop_title = both & (r < p / 2)
+    tm = tm & ~drop_title
+    imm = imm & ~(both & (r >= p / 2) & (r < p))
+    if len(inputs) == 4:
+        return t, tm, im, imm
+    ids, counts = inputs[4:]
+    r2 = torch.from_numpy(rng.random(len(t))).to(device)
+    has_lex = (counts > 0).any(-1)
+    views = tm & has_lex
+    lex_off = drop_title | (views & (r2 >= p / 2) & (r2 < p))
+    tm = tm & ~(views & (r2 < p / 2))
+    return t, tm, im, imm, ids, counts * (~lex_off).float().unsqueeze(-1)
+
+
 def train_head(
     axes: list[Axis],
     train: Features, y_train: dict[str, np.ndarray],
@@ -104,10 +141,16 @@ def train_head(
         text_dim=train.text.shape[1], image_dim=train.image.shape[1],
         outputs={a.name: len(a.values) for a in axes}, hidden=cfg.hidden, fusion=cfg.fusion,
         dropout=cfg.dropout, axis_order=[a.name for a in axes],
+        lexical_buckets=cfg.lexical_buckets, lexical_dim=cfg.lexical_dim,
     ))
     with_img = train.image[train.image_mask]
     if len(with_img):
         head.set_image_stats(torch.from_numpy(with_img.mean(0)), torch.from_numpy(with_img.std(0)))
+    if cfg.lexical_buckets:
+        if train.lex_ids is None:
+            raise ValueError("lexical_buckets is set but the features have no hashed n-grams")
+        df = document_frequency(train.lex_ids, train.lex_counts, cfg.lexical_buckets)
+        head.set_lexical_idf(torch.from_numpy(df), len(train.text))
     head.to(device)
     weights = {a.name: (w.to(device) if (w := _class_weights(a, y_train[a.name],
                                                             cfg.class_weight_power)) is not None
@@ -126,12 +169,8 @@ def train_head(
         order = rng.permutation(n)
         for s in range(0, n, cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
-            t, tm, im, imm = train.tensors(idx, device)
-            both = tm & imm
-            r = torch.from_numpy(rng.random(len(idx))).to(device)
-            tm = tm & ~(both & (r < cfg.modality_dropout / 2))
-            imm = imm & ~(both & (r >= cfg.modality_dropout / 2) & (r < cfg.modality_dropout))
-            loss = _loss(axes, head(t, tm, im, imm), _targets_tensor(axes, y_train, idx, device),
+            inputs = _dropped(train.tensors(idx, device), rng, cfg.modality_dropout, device)
+            loss = _loss(axes, head(*inputs), _targets_tensor(axes, y_train, idx, device),
                          weights, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -151,4 +190,5 @@ def train_head(
                 break
     bar.close()
     head.load_state_dict(best)
+    head.round_lexical()  # the artifact stores its tables in float16: serve what is evaluated
     return head.eval(), {"epochs_run": len(log), "best_val_loss": round(best_loss, 4), "log": log}

@@ -20,6 +20,7 @@ from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
 from shared.ml.labels import Axis
+from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import EncodersSpec
 from shared.ml.novelty import NoveltyGuard, NoveltyScores
 from shared.ml.text_encoder import TextEncoder
@@ -129,6 +130,8 @@ class Tagger:
         # Axes whose title and photo may disagree (shared.ml.evidence); none for older models.
         self.trusted = trusted_axes(self.manifest.get("disagreement"))
         self.alone = alone_axes(self.manifest.get("disagreement"))
+        # The lexical channel (shared.ml.lexical): 0 buckets for models without it.
+        self.lexical_buckets: int = self.head.cfg.lexical_buckets
 
     def _guard(self) -> NoveltyGuard | None:
         """The artifact's novelty guard; older artifacts have none, and then nothing abstains."""
@@ -154,21 +157,34 @@ class Tagger:
         text, image = load_encoders(spec, artifact.adapter, s, artifact.version)
         return cls(artifact, text, image, cache)
 
+    def lexical(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The texts' hashed character n-grams (ids, counts) for a model with the lexical
+        channel; None for one without. Pass them to :meth:`probabilities` and :meth:`evidence`."""
+        if not self.lexical_buckets:
+            return None
+        return hash_ngrams(texts, self.lexical_buckets)
+
+    def _lexical_arrays(self, lexical: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, ...]:
+        if not self.lexical_buckets:
+            return ()
+        if lexical is None:
+            raise ValueError(f"model {self.version} reads the titles' character n-grams: pass "
+                             "lexical=tagger.lexical(texts) with the features")
+        return lexical
+
     @torch.inference_mode()
     def probabilities(
         self, text: np.ndarray, text_mask: np.ndarray, image: np.ndarray, image_mask: np.ndarray,
-        batch_size: int = 2048,
+        batch_size: int = 2048, lexical: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Calibrated per-axis probabilities for ready-made features."""
+        """Calibrated per-axis probabilities for ready-made features (and, for a model with the
+        lexical channel, ``lexical``: the texts' n-grams from :meth:`lexical`)."""
+        lex = self._lexical_arrays(lexical)
         out: dict[str, list[np.ndarray]] = {a.name: [] for a in self.axes}
         for s in range(0, len(text), batch_size):
             sl = slice(s, s + batch_size)
-            logits = self.head(
-                torch.from_numpy(text[sl]).to(self.device),
-                torch.from_numpy(text_mask[sl]).to(self.device),
-                torch.from_numpy(image[sl]).to(self.device),
-                torch.from_numpy(image_mask[sl]).to(self.device),
-            )
+            logits = self.head(*(torch.from_numpy(a[sl]).to(self.device)
+                                 for a in (text, text_mask, image, image_mask, *lex)))
             for a in self.axes:
                 out[a.name].append(logits[a.name].float().cpu().numpy())
         return {
@@ -178,11 +194,13 @@ class Tagger:
         }
 
     def evidence(self, text: np.ndarray, text_mask: np.ndarray, image: np.ndarray,
-                 image_mask: np.ndarray) -> Evidence:
+                 image_mask: np.ndarray, lexical: tuple[np.ndarray, np.ndarray] | None = None,
+                 ) -> Evidence:
         """Input shares and single-input predictions of ready-made features (shared.ml.evidence);
         evaluation withholds the same disagreements as :meth:`predict`."""
+        lex = self._lexical_arrays(lexical)
         return input_evidence(self.head, self.axes, text, text_mask, image, image_mask, self.device,
-                              self.trusted, self.alone)
+                              self.trusted, self.alone, *lex)
 
     def features(self, items: list[Item], watch: Stopwatch | None = None) -> tuple[np.ndarray, ...]:
         """Text and image features; ``watch`` gets "decode" (photos) and "encode" (both encoders)."""
@@ -207,9 +225,11 @@ class Tagger:
             return []
         watch = watch or Stopwatch()
         tx, tm, ix, im, errors = self.features(items, watch)
+        with watch.stage("encode"):
+            lex = self.lexical([it.text or "" for it in items])
         with watch.stage("head"):
-            preds = self._rank(items, self.probabilities(tx, tm, ix, im), tm, im, errors, top_k,
-                               self.evidence(tx, tm, ix, im))
+            preds = self._rank(items, self.probabilities(tx, tm, ix, im, lexical=lex), tm, im,
+                               errors, top_k, self.evidence(tx, tm, ix, im, lex))
             return self._abstain(preds, self.novelty([it.text or "" for it in items], tx, tm, ix, im))
 
     def novelty(self, texts: list[str], tx: np.ndarray, tm: np.ndarray, ix: np.ndarray,

@@ -42,13 +42,15 @@ def evaluate_records(
         blobs = [None] * len(records)
     tx, tm = text_features(tagger.text_encoder, texts, tagger.cache, show_progress)
     ix, im = image_features(tagger.image_encoder, blobs, tagger.cache, show_progress)
-    f = Features(tx, tm, ix, im).only(modality)
-    probs = tagger.probabilities(f.text, f.text_mask, f.image, f.image_mask)
+    lex = tagger.lexical(texts)  # None for a model without the lexical channel
+    f = Features(tx, tm, ix, im, *(lex or (None, None))).only(modality)
+    lex = None if f.lex_ids is None else (f.lex_ids, f.lex_counts)
+    probs = tagger.probabilities(f.text, f.text_mask, f.image, f.image_mask, lexical=lex)
     y = {a.name: targets(records, a) for a in shared_axes}
     # What the product applies: out-of-domain items abstain, as in the predictor.
     novelty = tagger.novelty(texts, f.text, f.text_mask, f.image, f.image_mask)
     abstain = novelty.novel if novelty is not None else None
-    withheld = tagger.evidence(f.text, f.text_mask, f.image, f.image_mask).withheld()
+    withheld = tagger.evidence(f.text, f.text_mask, f.image, f.image_mask, lex).withheld()
     return {
         "model": tagger.version,
         "dataset": name,

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from shared.ml.head import FusionHead
 from shared.ml.head_training import Features, HeadTrainConfig, train_head
 from shared.ml.image_encoder import ImageEncoder
 from shared.ml.labels import Axis, build_axes, targets
+from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
 from shared.ml.novelty import NoveltyGuard, fit_guard
 from shared.ml.split import duplicate_groups, grouped_split
@@ -87,6 +88,10 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
         bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
     if cfg.head.epochs < 1:
         bad["head_epochs"] = f"must be at least 1, not {cfg.head.epochs}"
+    if cfg.head.lexical_buckets < 0 or cfg.head.lexical_buckets == 1:
+        bad["lexical_buckets"] = f"must be 0 (off) or at least 2, not {cfg.head.lexical_buckets}"
+    if cfg.head.lexical_dim < 1:
+        bad["lexical_dim"] = f"must be at least 1, not {cfg.head.lexical_dim}"
     return bad
 
 
@@ -270,7 +275,7 @@ def calibration_scores(
         # Not cached: a fold's embeddings serve once, and would add a copy of the pool per fold.
         tx, tm = text_features(enc, [t if in_pool[i] else "" for i, t in enumerate(texts)], None,
                                show_progress)
-        return Features(tx, tm, feats.image, feats.image_mask)
+        return replace(feats, text=tx, text_mask=tm)  # the n-grams learn nothing until the head
 
     stop_share = len(cal) / len(pool) if len(cal) else 0.1
     logits, log = cross_fit_logits(axes, pool, groups, y, features_for, k, stop_share, cfg.head,
@@ -289,7 +294,8 @@ def _validation_report(head: FusionHead, axes: list[Axis], f: Features, y: dict[
         texts = [""] * len(texts)
     nov = guard.score(texts, f.text, f.text_mask, f.image, f.image_mask, text_enc.tokenizer)
     withheld = input_evidence(head, axes, f.text, f.text_mask, f.image, f.image_mask,
-                              device, trusted_axes(disagreement), alone_axes(disagreement)).withheld()
+                              device, trusted_axes(disagreement), alone_axes(disagreement),
+                              f.lex_ids, f.lex_counts).withheld()
     return evaluate_probs(axes, logits_to_probs(head, axes, f, device), y, consistency, axes,
                           nov.novel, withheld)
 
@@ -336,6 +342,10 @@ def train_prepared(
     timings["text_features_s"] = time.perf_counter() - t0
 
     feats = Features(tx, tm, ix, im)
+    if cfg.head.lexical_buckets:  # the lexical channel: the texts' hashed n-grams (shared.ml.lexical)
+        t0 = time.perf_counter()
+        feats.lex_ids, feats.lex_counts = hash_ngrams(texts, cfg.head.lexical_buckets)
+        timings["lexical_hashing_s"] = time.perf_counter() - t0
     part = {k: feats.take(v) for k, v in data.parts.items()}
     ys = {k: {a.name: y[a.name][v] for a in axes} for k, v in data.parts.items()}
     t0 = time.perf_counter()
@@ -363,7 +373,8 @@ def train_prepared(
     # Which inputs' solo opinions count (shared.ml.evidence), on the calibration part.
     c = part["calibration"]
     disagreement = fit_trust(input_evidence(head, axes, c.text, c.text_mask, c.image, c.image_mask,
-                                            device), ys["calibration"], target, cfg.confidence)
+                                            device, lex_ids=c.lex_ids, lex_counts=c.lex_counts),
+                             ys["calibration"], target, cfg.confidence)
     # A modality is reported only where the data has that input: a text-only catalogue gets no
     # image column. "both" (the served model) always is: live accuracy compares with it.
     inputs = {"text": int(feats.text_mask.sum()), "image": int(feats.image_mask.sum())}
@@ -407,7 +418,7 @@ def train_prepared(
         "consistency": consistency.to_json(),
         "disagreement": disagreement,
     }).to_json()
-    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    state = head.export_state()  # float32, the lexical tables float16
     save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter,
                                     novelty=guard.arrays()))
     cache.close()

@@ -39,7 +39,8 @@ def test_train_help_shows_a_sensible_finetune_pair() -> None:
     text = re.sub(r"\s+", " ", res.output)
     assert "--no-no-" not in text
     assert "--finetune-text / --no-finetune-text" in text and "…" not in text
-    for opt in ("--validation-fraction", "--calibration-fraction", "--min-value-count", "--json"):
+    for opt in ("--validation-fraction", "--calibration-fraction", "--min-value-count", "--json",
+                "--lexical-buckets", "--lexical-dim"):
         assert opt in text
 
 
@@ -48,6 +49,9 @@ def test_train_help_shows_a_sensible_finetune_pair() -> None:
     (["--calibration-fraction", "0"], "--calibration-fraction"),
     (["--min-value-count", "0"], "--min-value-count"),
     (["--confidence", "1.5"], "--confidence"),
+    (["--lexical-buckets", "1"], "--lexical-buckets"),
+    (["--lexical-buckets", "-5"], "--lexical-buckets"),
+    (["--lexical-buckets", "1024", "--lexical-dim", "0"], "--lexical-dim"),
 ])
 def test_train_refuses_bad_options_before_training(
     tmp_path: Path, sample_manifest: Path, args: list[str], named: str,

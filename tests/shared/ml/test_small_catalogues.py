@@ -106,8 +106,11 @@ class _FakeTagger:
         self.axes = [Axis("kind", "single", ["k", "j"])]
         self.text_encoder, self.image_encoder = _Encoder(4), _ImageEncoder(3)
 
-    def probabilities(self, text, text_mask, image, image_mask) -> dict:
+    def probabilities(self, text, text_mask, image, image_mask, lexical=None) -> dict:
         return {"kind": np.tile([0.9, 0.1], (len(text), 1))}
+
+    def lexical(self, texts):
+        return None  # no lexical channel
 
     def novelty(self, *args):
         return None
