@@ -20,7 +20,16 @@ Not a test: numbers for docs/BENCHMARKS.md. It FLUSHDBs the Redis db and drops a
 Postgres database it is given; nothing is downloaded. The last line reads
 ``e2e_over_model=R batched_over_unbatched=S p50_ms=X p99_ms=Y``.
 
+``--null-model``: the plumbing's own ceiling (issue 13). The same worker (same Celery app, same
+celery-batches batching, same writes), started through :mod:`bench.null_worker`, whose model costs
+nothing but returns predictions of the shipped model's shape; text-only events (no image_uri); no
+model measurement and no unbatched run. It prints the batches and, as its last line,
+``plumbing_events_per_s=P write_ms_per_event=W p50_ms=X p99_ms=Y`` (P: events / seconds from the
+first publish to the last commit; W: the worker's batch_tagged write_ms summed / events).
+``--profile PATH`` runs that worker under cProfile and writes its pstats to PATH.
+
     .venv/bin/python -m bench.pipeline --n 512
+    .venv/bin/python -m bench.pipeline --null-model --n 4000 --publish-chunk 100
 """
 
 from __future__ import annotations
@@ -206,15 +215,18 @@ def reset_redis(url: str) -> None:
 class WorkerProcess:
     """``celery -A workers.app worker`` on the tagging queue (threads pool, ``concurrency`` threads)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_path: Path, concurrency: int = 1,
+                 null_model: bool = False) -> None:
         self.name, self.env, self.log_path, self.concurrency = name, env, log_path, concurrency
+        # bench.null_worker: the same celery main with a zero-cost model (benchmark only)
+        self.entry = ["-m", "bench.null_worker"] if null_model else ["-m", "celery"]
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float) -> None:
         """Start it and wait until the model is loaded, the consumer ready and every pool thread warm."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", QUEUE,
+                [sys.executable, *self.entry, "-A", "workers.app", "worker", "-Q", QUEUE,
                  "-P", "threads", "-c", str(self.concurrency), "--without-gossip", "--without-mingle",
                  "--loglevel=INFO", "-n", f"{self.name}@%h"],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -305,7 +317,7 @@ def make_events(products: list[Product], uris: dict[str, str | None], tag: str) 
     now = datetime.now(UTC)
     return [
         ProductUploaded(event_id=f"{tag}-{i}-{p.key}", product_id=f"{tag}-{p.key}", seller_id="bench",
-                        title=p.text, image_uri=uris[p.key], locale="en-IN", occurred_at=now)
+                        title=p.text, image_uri=uris.get(p.key), locale="en-IN", occurred_at=now)
         for i, p in enumerate(products)
     ]
 
@@ -362,11 +374,13 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
         "TAGGER_ALLOW_FILE_URIS": "true", "TAGGER_BATCH_SIZE": str(batch), "TAGGER_TAGGING_QUEUE": QUEUE,
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TAGGER_TORCH_THREADS": str(args.torch_threads),
     }
+    if args.profile:
+        env["TAGGER_BENCH_PROFILE"] = str(args.profile.resolve())
     logs = args.logs or workdir
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"worker-{label}.log"
     log_path.unlink(missing_ok=True)
-    worker = WorkerProcess(f"bench-{label}-{os.getpid()}", env, log_path, concurrency)
+    worker = WorkerProcess(f"bench-{label}-{os.getpid()}", env, log_path, concurrency, args.null_model)
     try:
         worker.start(args.ready_timeout)
         stamps = publish_burst(args.redis, events, args.publishers, args.publish_chunk)
@@ -418,7 +432,14 @@ def main() -> None:
     ap.add_argument("--ready-timeout", type=float, default=300, help="seconds for a worker to load the model")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for one run to finish")
     ap.add_argument("--logs", type=Path, default=None, help="keep the worker logs in this folder")
+    ap.add_argument("--null-model", action="store_true",
+                    help="the plumbing's ceiling: the same worker with a zero-cost model "
+                         "(bench.null_worker), text-only events, no model or unbatched run")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="with --null-model: run the worker under cProfile, pstats to this file")
     args = ap.parse_args()
+    if args.profile and not args.null_model:
+        ap.error("--profile needs --null-model")
     if args.n < 1 or args.concurrency < 0 or args.torch_threads < 0:
         ap.error("--n must be at least 1, --concurrency and --torch-threads at least 0")
 
@@ -432,6 +453,9 @@ def main() -> None:
     settings = Settings(batch_size=batch, torch_threads=args.torch_threads)
 
     manifest, products = load_products(args.n, args.manifest, args.seed)
+    if args.null_model:
+        null_model(args, batch, settings, manifest, products)
+        return
     with_images = sum(p.image is not None for p in products)
     model = measure_model(products, batch, settings, args.concurrency)
     release_model()
@@ -473,6 +497,31 @@ def main() -> None:
     print(f"(b)/(a) = {ratio_a:.2f} (target >= 0.85)   (b)/(c) = {ratio_c:.2f}   "
           f"(b) latency publish -> commit: p50 {p50} ms, p99 {p99} ms")
     print(f"e2e_over_model={ratio_a:.2f} batched_over_unbatched={ratio_c:.2f} p50_ms={p50} p99_ms={p99}")
+
+
+def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifest: Path,
+               products: list[Product]) -> None:
+    """The plumbing's ceiling: one batched run through bench.null_worker, text-only events."""
+    import subprocess as sp
+
+    with tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
+        r = run_pipeline("null", batch, make_events(products, {}, "n"), args, Path(tmp), args.concurrency)
+    reset_redis(args.redis)
+    n_batched = sum(b[0] for b in r.batches)
+    write_ms = sum(b[2] for b in r.batches) / n_batched if n_batched else float("nan")
+    load = sp.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"products: {args.n} from {manifest}, text only; NULL model (bench.null_worker); "
+          f"{args.concurrency} worker thread(s); {os.cpu_count()} CPUs; load: {load}")
+    print(f"settings: batch {batch}, flush_interval {settings.flush_interval_s}s, prefetch "
+          f"{2 * batch * args.concurrency}, publishers {args.publishers} x chunk {args.publish_chunk}, "
+          f"redis {args.redis}, postgres {args.postgres}")
+    print(describe_batches(r))
+    print(f"null-model plumbing: {r.rate:.1f} events/s, write {write_ms:.2f} ms/event (worker's "
+          f"write_ms / n), latency publish -> commit p50 {r.pct(50):.0f} ms, p99 {r.pct(99):.0f} ms")
+    if args.profile:
+        print(f"profile: {args.profile} (python -m pstats {args.profile})")
+    print(f"plumbing_events_per_s={r.rate:.1f} write_ms_per_event={write_ms:.2f} "
+          f"p50_ms={round(r.pct(50))} p99_ms={round(r.pct(99))}")
 
 
 if __name__ == "__main__":

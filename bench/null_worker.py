@@ -1,0 +1,147 @@
+"""The real tagging worker with a model that costs nothing: the plumbing's own ceiling.
+
+BENCHMARK ONLY. Nothing in shared/, workers/, api/ or cli/ imports this module, and it is never
+shipped as a model: it exists so ``bench/pipeline.py --null-model`` can measure what the queue,
+celery-batches, the message decode, the audit, the set-based writes and the acks cost per event
+when inference is free (the GPU case: the model is no longer the bottleneck).
+
+It replaces :meth:`shared.ml.predictor.Tagger.load` (what ``workers.tagging.load_runtime`` calls)
+with :meth:`NullTagger.load`, then runs the normal ``celery`` main with the arguments it was given,
+so the worker is the same Celery app, the same batching and the same writes::
+
+    python -m bench.null_worker -A workers.app worker -Q tagging -P threads -c 1 ...
+
+:class:`NullTagger` reads the shipped model's manifest (version, axes, thresholds, the
+disagreement table) and returns predictions of the real shape: top-3 values per axis with a score
+and auto/review status from the axis's own thresholds, per-axis evidence (input shares; title-only
+items have no single-input opinions), ``one_input`` from the manifest's ``alone`` table, a novelty
+score, no disagreements. Scores are a cheap hash of the title, so values vary across products.
+
+``TAGGER_BENCH_PROFILE=path``: the worker runs under cProfile (all threads: ``threading.setprofile``
+is not used, so each pool thread's batches are profiled by a per-thread profiler merged at exit)
+and writes pstats to ``path`` when it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+from shared.config import Settings, get_settings
+from shared.ml.artifact import load_artifact
+from shared.ml.evidence import alone_axes
+from shared.ml.labels import Axis
+from shared.ml.predictor import AUTO, REVIEW, Item, Prediction, Tagger, TagScore
+
+
+class NullTagger:
+    """Predictions of the shipped model's shape at (almost) zero cost. Never a real model."""
+
+    device = "cpu"
+
+    def __init__(self, manifest: dict, version: str) -> None:
+        self.manifest = manifest
+        self.version = f"{version}+null"
+        self.axes = [Axis.from_json(n, d) for n, d in manifest["axes"].items()]
+        alone = alone_axes(manifest.get("disagreement"))
+        self._title_alone = None if alone is None else alone["title"]
+        # Per axis: its values and their thresholds, looked up once.
+        self._tables = [(a.name, a.values, [a.threshold(v) for v in a.values]) for a in self.axes]
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, settings: Settings | None = None,
+             cache: Any = None) -> NullTagger:
+        s = settings or get_settings()
+        artifact = load_artifact(model_dir or s.model_dir)
+        return cls(artifact.manifest, artifact.version)
+
+    def predict(self, items: list[Item], top_k: int = 3, watch: Any = None) -> list[Prediction]:
+        return [self._one(it, top_k) for it in items]
+
+    def _one(self, item: Item, top_k: int) -> Prediction:
+        text = item.text or ""
+        if not text and item.image is None:
+            return Prediction(error="no usable input: the title is empty and there is no image")
+        h = zlib.crc32(text.encode())
+        mods = ("text",) if item.image is None else ("text", "image")
+        p = Prediction(modalities=mods, novelty=round((h % 1000) / 2000, 4))
+        title_only = item.image is None
+        for name, values, thr in self._tables:
+            n = len(values)
+            first = h % n
+            scores = (0.9 + (h % 97) / 1000, 0.05, 0.02)
+            ranked = []
+            for r in range(min(top_k, n)):
+                j = (first + r) % n
+                ranked.append(TagScore(values[j], scores[r], AUTO if scores[r] >= thr[j] else REVIEW))
+            held = title_only and self._title_alone is not None and name not in self._title_alone
+            if held:
+                p.one_input.append(name)
+                for t in ranked:
+                    t.status = REVIEW
+            p.tags[name] = ranked
+            share = 1.0 if title_only else 0.5
+            p.evidence[name] = {"shares": {"title": share, "photo": round(1 - share, 4)}}
+        return p
+
+
+def install() -> None:
+    """Make every ``Tagger.load`` in this process return a :class:`NullTagger`."""
+    Tagger.load = classmethod(lambda cls, *a, **k: NullTagger.load(*a, **k))  # type: ignore[method-assign]
+
+
+def _profiled(main: Any, path: str) -> None:
+    """Run ``main`` with a cProfile per thread (the pool's threads run the batches); merge at exit."""
+    import cProfile
+    import pstats
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    lock = threading.Lock()
+    original_run = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile()
+        with lock:
+            profiles.append(prof)
+        prof.enable()
+        try:
+            original_run(self)
+        finally:
+            prof.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    main_prof = cProfile.Profile()
+    profiles.append(main_prof)
+    main_prof.enable()
+    try:
+        main()
+    finally:
+        main_prof.disable()
+        for prof in profiles:
+            prof.disable()  # threads still alive at exit: stop them so the stats can be read
+        stats = pstats.Stats(profiles[0])
+        for prof in profiles[1:]:
+            with contextlib.suppress(TypeError):  # a profiler that never ran anything
+                stats.add(prof)
+        stats.dump_stats(path)
+
+
+def main() -> None:
+    from celery.__main__ import main as celery_main
+
+    install()
+    sys.argv = ["celery", *sys.argv[1:]]
+    path = os.environ.get("TAGGER_BENCH_PROFILE")
+    if path:
+        _profiled(celery_main, path)
+    else:
+        celery_main()
+
+
+if __name__ == "__main__":
+    main()
