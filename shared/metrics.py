@@ -30,6 +30,8 @@ batch_size = Histogram("tagger_batch_size", "Deliveries per tagging batch.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 stage_seconds = Histogram("tagger_stage_seconds", "Seconds spent per tagging stage.", ["stage"])
 failures_total = Counter("tagger_failures_total", "Tagging failures by reason.", ["reason"])
+for _reason in ("batch", "image", "refused"):  # at 0 from the start: rate() and the alerts see the first one
+    failures_total.labels(reason=_reason)
 event_outcomes_total = Counter(
     "tagger_event_outcomes_total", "Deliveries a tagging batch finished with, by outcome: succeeded, failed "
     "(dead-lettered; kind says why, e.g. malformed, refused), retried (re-enqueued with one more attempt) or "
