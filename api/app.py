@@ -26,6 +26,7 @@ from api.config import ApiSettings
 from api.guards import plain_parameters
 from api.state import AppState
 from shared.config import Settings, get_settings
+from shared.metrics import RequestTimer
 from shared.publish import Publisher
 
 log = logging.getLogger("tagger.api")
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
                   summary="Ingest product uploads; read tags; review uncertain ones.",
                   dependencies=[Depends(plain_parameters)])
     app.state.tagger = state
+    app.add_middleware(RequestTimer)  # tagger_http_request_seconds{method,route,status}
     errors.install(app)
     openapi.install(app)  # models named only by $ref (the ingest body) into components
     app.include_router(health.router)

@@ -37,6 +37,9 @@ def test_metrics_after_post(client: TestClient, tokens: dict[str, str]) -> None:
     assert got.headers["content-type"].startswith("text/plain")
     assert "tagger_events_accepted_total" in got.text
     assert client.get("/metrics", headers={"X-API-Key": tokens["admin"]}).status_code == 200
+    # Every request is timed under its route template (the app installs the timer itself).
+    timed = 'tagger_http_request_seconds_count{method="POST",route="/v1/events",status="2xx"}'
+    assert timed in client.get("/metrics", headers={"X-API-Key": tokens["reader"]}).text
 
 
 def test_metrics_needs_a_key(client: TestClient, tokens: dict[str, str]) -> None:

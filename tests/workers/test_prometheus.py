@@ -50,16 +50,14 @@ def selectors(expr: str) -> list[str]:
 
 
 class Api:
-    """The real app (api.app.create_app, with the request timer) under uvicorn, in a thread."""
+    """The real app (api.app.create_app, which installs the request timer) under uvicorn, in a thread."""
 
     def __init__(self, settings: Any) -> None:
         import uvicorn
 
         from api.app import create_app
-        from shared.metrics import RequestTimer
 
         app = create_app(settings)
-        app.add_middleware(RequestTimer)
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", access_log=False))
