@@ -88,3 +88,25 @@ def copy_select(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
             copy.write_row([row.get(name) for name in columns])
     staged = sa.table(stage, *(sa.column(name) for name in columns))
     return sa.select(*(staged.c[name] for name in columns))
+
+
+def json_rows_select(table: sa.Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> sa.Select:
+    """Postgres: ``SELECT * FROM json_to_recordset(:rows::json) AS u(col1 type, ...)`` over ``rows``,
+    sent as ONE JSON document (json.dumps in C) that the server unpacks. For rows carrying JSON
+    documents (an event's payload): an array per column (:func:`unnest_select`) would have psycopg
+    quote every document into an array literal in Python (measured: bench/publish.py). Values must
+    be JSON-ready (str, numbers, dicts, lists, None); other types are cast from their ISO text."""
+    import json
+
+    doc = json.dumps([{name: row.get(name) for name in columns} for row in rows], default=str)
+    arg = sa.cast(sa.bindparam("json_rows", doc, type_=sa.Text), postgresql.JSON)
+    values = (sa.func.json_to_recordset(arg)
+              .table_valued(*(sa.column(name, table.c[name].type) for name in columns))
+              .render_derived(name="u", with_types=True))
+    return sa.select(*(values.c[name] for name in columns))
+
+
+def keys_as_array(session: Session) -> bool:
+    """Whether keyed statements may take all their keys as one array parameter (``= ANY(:keys)``):
+    on Postgres while :data:`SET_BASED` is on; else IN lists of :data:`KEYS_PER_QUERY`."""
+    return SET_BASED and session.get_bind().dialect.name == "postgresql"

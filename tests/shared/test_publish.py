@@ -177,6 +177,35 @@ def test_the_message_is_the_one_celery_sends_but_for_the_short_reprs(broker: red
             == {k: v for k, v in theirs["properties"].items() if k not in per_message})
 
 
+def test_publish_signals_still_fire_when_a_host_service_connects_them(broker: redis.Redis) -> None:
+    """Messages are built by Celery and published by kombu directly, which skips Celery's publish
+    signals; a host service that connects them gets every message through send_task instead."""
+    from celery.signals import after_task_publish, before_task_publish
+
+    seen: list[tuple[str, str]] = []
+
+    def before(sender: str, headers: dict, **_: Any) -> None:
+        seen.append(("before", headers["id"]))
+
+    def after(sender: str, headers: dict, **_: Any) -> None:
+        seen.append(("after", headers["id"]))
+
+    with Publisher(REDIS_URL, QUEUE) as publisher:
+        publisher.publish([event(1)])  # nothing connected: the direct path
+        assert seen == []
+        before_task_publish.connect(before, weak=False)
+        after_task_publish.connect(after, weak=False)
+        try:
+            ids = publisher.publish([event(2), event(3)])
+        finally:
+            before_task_publish.disconnect(before)
+            after_task_publish.disconnect(after)
+        assert Publisher._signals_connected() is False
+    assert [kind for kind, _ in seen] == ["before", "after"] * 2
+    assert {task_id for _, task_id in seen} == set(ids)
+    assert len(queued(broker)) == 3
+
+
 def test_broker_lost_mid_call_knows_only_whole_pipelines(tmp_path: Path) -> None:
     """The broker dies (SIGKILL) while a call is being sent: ``sent`` counts the confirmed pipelines,
     every one of those events is on the queue once the broker is back (AOF, fsync always), and

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -106,3 +107,26 @@ def test_dead_letters_once_per_event(session: Session) -> None:
     ]
     row = events(session)["e1"]
     assert (row.status, row.last_error, row.attempts) == ("dead", "image too large after 3 attempts", 3)
+
+
+@pytest.mark.parametrize("set_based", [True, False])
+def test_record_and_mark_many_events_at_once(session: Session, monkeypatch: pytest.MonkeyPatch,
+                                             set_based: bool) -> None:
+    """More events than one IN list holds (KEYS_PER_QUERY): Postgres takes them as one JSON document
+    and one key array, the executemany path (SQLite, or SET_BASED off) in chunks; same rows either way."""
+    from shared.db import sql
+
+    monkeypatch.setattr(sql, "SET_BASED", set_based)
+    n = sql.KEYS_PER_QUERY + 101
+    batch = [upload(f"e{k:04d}", f"p{k}") for k in range(n)]
+    sent = record_events(session, batch, T0)
+    assert [p["event_id"] for p in sent] == sorted(e.event_id for e in batch)
+    assert sent[7] == batch[7].model_dump(mode="json")
+    mark_enqueued(session, [e.event_id for e in batch[:-1]], T0)
+    rows = events(session)
+    assert len(rows) == n and {r.status for r in rows.values()} == {"received"}
+    assert rows["e0007"].payload == batch[7].model_dump(mode="json") and rows["e0007"].product_id == "p7"
+    assert sum(r.enqueued_at is not None for r in rows.values()) == n - 1
+    record_failure(session, "e0001", "p1", "boom", attempts=1)
+    again = record_events(session, batch[:3], T0)  # known: still 'received' ones are sent again
+    assert [p["event_id"] for p in again] == ["e0000", "e0002"]
