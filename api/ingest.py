@@ -2,16 +2,26 @@
 
 The order is the guarantee: rows are committed before anything is published, so a broker outage
 costs latency, never events (the answer says ``queued: false`` and the sweeper sends them later).
+
+Group commit: concurrent requests share one outbox round (one INSERT and commit, one Redis pipeline,
+one mark) instead of one each. A request's events join the next round; at most
+:data:`ROUNDS_IN_FLIGHT` rounds run at once, so requests that arrive while they run wait for the next
+(no timer: an idle API sends a lone request at once). Every request of a round gets the round's
+answer; a round the database refuses for a reason other than being unreachable is retried request
+by request, so one request's bad data fails only that request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal, require
@@ -24,7 +34,7 @@ from shared.config import Settings
 from shared.events import JsonRefused, ProductUploaded, format_errors, parse_json
 from shared.metrics import count_ingest
 from shared.outbox import record_and_send
-from shared.publish import BrokerUnavailable
+from shared.publish import BrokerUnavailable, recorded_events
 
 log = logging.getLogger("tagger.api.ingest")
 router = APIRouter(prefix="/v1", tags=["ingest"], route_class=GuardedRoute)
@@ -90,7 +100,8 @@ def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
     """Commit the rows, then publish (the outbox, :mod:`shared.outbox`); True when every event that
     needs sending reached the broker."""
     try:
-        record_and_send(state.settings.database_url, events, state.publisher.publish)
+        record_and_send(state.settings.database_url, events,
+                        lambda payloads: state.publisher.publish(recorded_events(payloads, events)))
     except BrokerUnavailable as exc:
         # Recorded and committed, and none marked enqueued: some may have reached the queue (a failed
         # pipeline cannot say which), so the sweeper re-sends them all once the broker is back; the
@@ -99,6 +110,98 @@ def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
                     exc.total, exc.sent, state.publisher.broker)
         return False
     return True
+
+
+#: Outbox rounds (record, publish, mark) running at once per API process; 0: no group commit, each
+#: request its own round (a module switch so that bench/ingest.py can measure both in one run).
+ROUNDS_IN_FLIGHT = 2
+
+
+@dataclass
+class _Waiting:
+    events: list[ProductUploaded]
+    answer: asyncio.Future[bool]
+
+
+@dataclass
+class GroupCommit:
+    """Coalesces concurrent requests' events into shared outbox rounds (see the module docstring).
+    Lives on the app (``app.state``) and runs on its event loop; ``send`` runs in the thread pool."""
+
+    send: Any  # (events) -> bool: _record_and_enqueue bound to the app's state
+    max_events: int  # events per round at most (a request is never split)
+    in_flight: int = ROUNDS_IN_FLIGHT
+    _waiting: list[_Waiting] = field(default_factory=list)
+    _running: int = 0
+
+    async def submit(self, events: list[ProductUploaded]) -> bool:
+        waiting = _Waiting(events, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        self._start_rounds()
+        return await waiting.answer
+
+    def _start_rounds(self) -> None:
+        while self._running < self.in_flight and self._waiting:
+            group, total = [], 0
+            while self._waiting and (not group or total + len(self._waiting[0].events) <= self.max_events):
+                total += len(self._waiting[0].events)
+                group.append(self._waiting.pop(0))
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._round(group))
+
+    async def _round(self, group: list[_Waiting]) -> None:
+        try:
+            # A client that left (its answer cancelled) still has its events recorded and sent.
+            events = _unique([e for w in group for e in w.events])
+            try:
+                queued = await run_in_threadpool(self.send, events)
+                answers: list[tuple[bool, BaseException | None]] = [(queued, None)] * len(group)
+            except OperationalError as exc:  # unreachable: every request says so (503), none retried
+                answers = [(False, exc)] * len(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    answers = [(False, exc)]
+                else:  # refused: request by request, so one request's bad data fails only that request
+                    answers = []
+                    for w in group:
+                        try:
+                            answers.append((await run_in_threadpool(self.send, w.events), None))
+                        except Exception as alone:  # noqa: BLE001  (handed to that request)
+                            answers.append((False, alone))
+            for w, (queued, error) in zip(group, answers, strict=True):
+                if w.answer.done():
+                    continue
+                if error is not None:
+                    w.answer.set_exception(error)
+                else:
+                    w.answer.set_result(queued)
+        except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
+            stopped = exc if isinstance(exc, Exception) else RuntimeError("ingest stopped")
+            for w in group:
+                if not w.answer.done():
+                    w.answer.set_exception(stopped)
+            raise
+        finally:
+            self._running -= 1
+            self._start_rounds()
+
+
+def _unique(events: list[ProductUploaded]) -> list[ProductUploaded]:
+    """The same event_id in two requests of a round is one event (the first), as within a request."""
+    seen: dict[str, ProductUploaded] = {}
+    for e in events:
+        seen.setdefault(e.event_id, e)
+    return list(seen.values())
+
+
+def _group_commit(request: Request, state: AppState) -> GroupCommit:
+    app_state = request.app.state
+    group = getattr(app_state, "ingest_group_commit", None)
+    if group is None:
+        group = app_state.ingest_group_commit = GroupCommit(
+            send=lambda events: _record_and_enqueue(state, events), max_events=max(1, state.api.max_batch),
+            in_flight=ROUNDS_IN_FLIGHT)
+    return group
 
 
 # The body is read raw (see _read_body), so FastAPI cannot see it: describe it here. maxItems is a
@@ -133,7 +236,12 @@ async def post_events(
     state = get_state(request)
     items = _items(await read_body(request), state.api.max_batch)
     events, rejected = _validate(items, state.settings)
-    queued = await run_in_threadpool(_record_and_enqueue, state, events) if events else False
+    if not events:
+        queued = False
+    elif ROUNDS_IN_FLIGHT > 0:
+        queued = await _group_commit(request, state).submit(events)
+    else:
+        queued = await run_in_threadpool(_record_and_enqueue, state, events)
     result = IngestResult(accepted=[e.event_id for e in events], rejected=rejected, queued=queued)
     count_ingest(len(events), len(rejected))
     log.info("events_ingested key=%s accepted=%d rejected=%d queued=%s",

@@ -139,11 +139,16 @@ def producer_token(url: str) -> str:
 class ApiServer:
     """``uvicorn api.app:create_app --factory`` on a free loopback port; its output in a log file."""
 
-    def __init__(self, env: dict[str, str], workers: int, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], workers: int, log_path: Path,
+                 profile: Path | None = None, before: bool = False) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+        # --profile: uvicorn under bench.profiled (cProfile, every thread), pstats written when it stops
+        entry = ["-m", "bench.profiled", str(profile), "uvicorn"] if profile else ["-m", "uvicorn"]
+        if before:  # --before: the ingest path as it was (bench.api_before), in this one process
+            entry = ["-m", "bench.api_before", *entry[1:]]
+        cmd = [sys.executable, *entry, "api.app:create_app", "--factory", "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(workers), "--log-level", "warning",
                "--no-access-log"]
         with open(log_path, "ab") as log:
@@ -475,7 +480,15 @@ def main() -> None:
                     help="admin URL of the Postgres server; a throwaway database is created beside it")
     ap.add_argument("--redis-server", default="redis-server", help="the redis-server binary to start")
     ap.add_argument("--ready-timeout", type=float, default=60, help="seconds for the API to become ready")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="run the API under cProfile (bench.profiled, every thread; --workers 1) and "
+                         "write its pstats here when it stops")
+    ap.add_argument("--before", action="store_true",
+                    help="the ingest path as it was before issue 13's producer work (bench.api_before: no "
+                         "group commit, durable marks, executemany outbox rows, send_task); --workers 1")
     args = ap.parse_args()
+    if (args.profile or args.before) and args.workers != 1:
+        ap.error("--profile and --before need --workers 1")
     if min(args.clients, args.batch, args.workers) < 1 or args.seconds <= 0 or args.warmup < 0:
         ap.error("--clients, --batch and --workers must be >= 1, --seconds > 0, --warmup >= 0")
     from api.config import ApiSettings
@@ -500,7 +513,8 @@ def main() -> None:
             token = producer_token(db_url)
             env = {**os.environ, "TAGGER_DATABASE_URL": db_url, "TAGGER_BROKER_URL": redis_server.url,
                    "TAGGER_TAGGING_QUEUE": QUEUE}
-            api = ApiServer(env, args.workers, folder / "api.log")
+            api = ApiServer(env, args.workers, folder / "api.log",
+                            args.profile.resolve() if args.profile else None, args.before)
             api.wait_ready(args.ready_timeout)
             facts = server_facts(db_url, redis_server)
 

@@ -17,14 +17,12 @@ and auto/review status from the axis's own thresholds, per-axis evidence (input 
 items have no single-input opinions), ``one_input`` from the manifest's ``alone`` table, a novelty
 score, no disagreements. Scores are a cheap hash of the title, so values vary across products.
 
-``TAGGER_BENCH_PROFILE=path``: the worker runs under cProfile (all threads: ``threading.setprofile``
-is not used, so each pool thread's batches are profiled by a per-thread profiler merged at exit)
-and writes pstats to ``path`` when it stops.
+``TAGGER_BENCH_PROFILE=path``: the worker runs under cProfile (:mod:`bench.profiled`: one profiler
+per thread, so the pool threads' batches are in it, merged) and writes pstats to ``path`` when it stops.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import zlib
@@ -94,43 +92,6 @@ def install() -> None:
     Tagger.load = classmethod(lambda cls, *a, **k: NullTagger.load(*a, **k))  # type: ignore[method-assign]
 
 
-def _profiled(main: Any, path: str) -> None:
-    """Run ``main`` with a cProfile per thread (the pool's threads run the batches); merge at exit."""
-    import cProfile
-    import pstats
-    import threading
-
-    profiles: list[cProfile.Profile] = []
-    lock = threading.Lock()
-    original_run = threading.Thread.run
-
-    def run(self: threading.Thread) -> None:
-        prof = cProfile.Profile()
-        with lock:
-            profiles.append(prof)
-        prof.enable()
-        try:
-            original_run(self)
-        finally:
-            prof.disable()
-
-    threading.Thread.run = run  # type: ignore[method-assign]
-    main_prof = cProfile.Profile()
-    profiles.append(main_prof)
-    main_prof.enable()
-    try:
-        main()
-    finally:
-        main_prof.disable()
-        for prof in profiles:
-            prof.disable()  # threads still alive at exit: stop them so the stats can be read
-        stats = pstats.Stats(profiles[0])
-        for prof in profiles[1:]:
-            with contextlib.suppress(TypeError):  # a profiler that never ran anything
-                stats.add(prof)
-        stats.dump_stats(path)
-
-
 def main() -> None:
     from celery.__main__ import main as celery_main
 
@@ -138,7 +99,9 @@ def main() -> None:
     sys.argv = ["celery", *sys.argv[1:]]
     path = os.environ.get("TAGGER_BENCH_PROFILE")
     if path:
-        _profiled(celery_main, path)
+        from bench.profiled import profiled
+
+        profiled(celery_main, path)
     else:
         celery_main()
 
