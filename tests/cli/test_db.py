@@ -26,15 +26,15 @@ def test_upgrade_then_current(app: typer.Typer) -> None:
     runner = CliRunner()
     behind = runner.invoke(app, ["db", "current"])
     assert behind.exit_code == 1, behind.output
-    assert "base (behind: head is 0005)" in behind.output
+    assert "base (behind: head is 0006)" in behind.output
 
     upgraded = runner.invoke(app, ["db", "upgrade", "--revision", "head"])
     assert upgraded.exit_code == 0, upgraded.output
-    assert "database at 0005" in upgraded.output
+    assert "database at 0006" in upgraded.output
 
     current = runner.invoke(app, ["db", "current"])
     assert current.exit_code == 0, current.output
-    assert "0005 (head)" in current.output
+    assert "0006 (head)" in current.output
 
 
 def test_unknown_revision_fails_cleanly(app: typer.Typer) -> None:
