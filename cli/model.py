@@ -205,7 +205,7 @@ def train(
         raise _fail(f"--holdout: {exc}") from None
 
     from shared.ml.head_training import HeadTrainConfig
-    from shared.ml.training import TrainConfig, config_problems
+    from shared.ml.train_config import TrainConfig, config_problems
     from shared.ml.training import train as run_train
 
     cfg = TrainConfig(seed=seed, finetune_text=finetune_text, text_epochs=text_epochs,

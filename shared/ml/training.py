@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from shared.config import Settings, get_settings
 from shared.errors import ManifestError
 from shared.ml.artifact import Artifact, save_artifact
-from shared.ml.bounds import precision_lower_bound
 from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
 from shared.ml.consistency import Consistency
@@ -28,7 +25,7 @@ from shared.ml.evaluation import evaluate_probs
 from shared.ml.evidence import alone_axes, fit_trust, input_evidence, trusted_axes
 from shared.ml.features import image_features, text_features
 from shared.ml.head import FusionHead
-from shared.ml.head_training import Features, HeadTrainConfig, train_head
+from shared.ml.head_training import Features, train_head
 from shared.ml.image_encoder import ImageEncoder
 from shared.ml.labels import Axis, build_axes, targets
 from shared.ml.lexical import hash_ngrams
@@ -37,107 +34,9 @@ from shared.ml.novelty import NoveltyGuard, fit_guard
 from shared.ml.split import duplicate_groups, grouped_split
 from shared.ml.text_encoder import TextEncoder
 from shared.ml.text_tuning import tune_text_encoder
+from shared.ml.train_config import TrainConfig, calibration_gaps, config_problems, rare_values
 
 MODALITIES = ("text", "image", "both")
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    # Shares of the rows (whole duplicate groups) held out of the served head's training: a
-    # calibration part (its early stopping, and calibration itself when calibration_folds <= 1)
-    # and a validation part (the report only; with a holdout, the holdout is the validation part).
-    calibration_fraction: float = 0.1
-    # Temperatures and thresholds are fitted on out-of-fold scores over train + calibration, in
-    # this many grouped folds (shared.ml.cross_fit); 0 or 1: on the calibration part alone.
-    calibration_folds: int = 5
-    confidence: float = 0.95  # of the precision lower bound an auto threshold must clear
-    validation_fraction: float = 0.1  # the report only: never trained or tuned on
-    finetune_text: bool = True
-    text_epochs: int = 2
-    text_lr: float = 5e-4
-    text_include_base: bool = True  # head reads [tuned ‖ untuned] text embeddings
-    lora_r: int = 16
-    min_value_count: int = 2  # values rarer than this in training are not learned (reported by name)
-    target_precision: float | None = None  # None: the settings' target
-    head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
-
-
-def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
-    """What is wrong with a configuration, by field name (empty: nothing); cheap, so a command can
-    refuse bad options before any model loads."""
-    bad: dict[str, str] = {}
-    for name in ("calibration_fraction", "validation_fraction"):
-        v = getattr(cfg, name)
-        if not 0 < v < 1:
-            bad[name] = f"must be between 0 and 1 (exclusive), not {v}"
-    held = cfg.calibration_fraction + (0 if holdout else cfg.validation_fraction)
-    if not bad and held >= 0.9:
-        bad["calibration_fraction" if holdout else "validation_fraction"] = (
-            f"the held-out parts take {held:.0%} of the rows"
-            f"{'' if holdout else ' (calibration + validation)'}; at least 10% must stay to train on")
-    if cfg.min_value_count < 1:
-        bad["min_value_count"] = f"must be at least 1, not {cfg.min_value_count}"
-    if cfg.calibration_folds < 0:
-        bad["calibration_folds"] = f"must be 0 or more, not {cfg.calibration_folds}"
-    if not 0 < cfg.confidence < 1:
-        bad["confidence"] = f"must be between 0 and 1 (exclusive), not {cfg.confidence}"
-    if cfg.target_precision is not None and not 0 < cfg.target_precision <= 1:
-        bad["target_precision"] = f"must be in (0, 1], not {cfg.target_precision}"
-    if cfg.text_epochs < 0:
-        bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
-    if cfg.head.epochs < 1:
-        bad["head_epochs"] = f"must be at least 1, not {cfg.head.epochs}"
-    if cfg.head.lexical_buckets < 0 or cfg.head.lexical_buckets == 1:
-        bad["lexical_buckets"] = f"must be 0 (off) or at least 2, not {cfg.head.lexical_buckets}"
-    if cfg.head.lexical_dim < 1:
-        bad["lexical_dim"] = f"must be at least 1, not {cfg.head.lexical_dim}"
-    return bad
-
-
-def rare_values(records: list[Record], train_idx: np.ndarray, kinds: dict[str, AxisKind],
-                axes: list[Axis]) -> dict[str, dict[str, int]]:
-    """Per axis, the values some record carries that the model does not learn (seen fewer than
-    ``min_value_count`` times in the training part), with their training counts, most seen first.
-    An axis left with no value at all is listed with every value."""
-    learnt = {a.name: set(a.values) for a in axes}
-    out: dict[str, dict[str, int]] = {}
-    for name in kinds:
-        in_train = Counter(v for i in train_idx for v in records[i].labels.get(name, []))
-        every = {v for r in records for v in r.labels.get(name, [])}
-        dropped = every - learnt.get(name, set())
-        if dropped:
-            out[name] = {v: in_train.get(v, 0)
-                         for v in sorted(dropped, key=lambda v: (-in_train.get(v, 0), v))}
-    return out
-
-
-def needed_for_auto(target: float, confidence: float) -> int:
-    """The fewest calibration predictions that can prove ``target`` precision at ``confidence``
-    even when every one is right (149 for .98 at 95%)."""
-    n = max(1, math.ceil(math.log(1 - confidence) / math.log(target))) if target < 1 else 10**9
-    while n > 1 and precision_lower_bound(n - 1, n - 1, confidence) >= target:
-        n -= 1
-    while precision_lower_bound(n, n, confidence) < target:
-        n += 1
-    return n
-
-
-def calibration_gaps(axes: list[Axis], target: float, confidence: float) -> dict[str, dict]:
-    """Per axis with values that can never be auto-applied: which (by name) had too few calibration
-    predictions to prove ``target`` even if all were right, which had enough but were not precise
-    enough, and whether the axis as a whole can auto-apply anything."""
-    need = needed_for_auto(target, confidence)
-    out: dict[str, dict] = {}
-    for a in axes:
-        never = [v for v in a.values if not a.evidence.get(v, {}).get("auto")]
-        if not never:
-            continue
-        few = [v for v in never if a.evidence.get(v, {}).get("proposed", 0) < need]
-        out[a.name] = {"auto_values": len(a.values) - len(never), "values": len(a.values),
-                       "needed": need, "too_few": few,
-                       "not_precise": [v for v in never if v not in few]}
-    return out
 
 
 @dataclass

@@ -13,7 +13,7 @@ from shared.ml.labels import Axis, build_axes
 
 
 def test_config_problems_name_the_field() -> None:
-    from shared.ml.training import TrainConfig, config_problems
+    from shared.ml.train_config import TrainConfig, config_problems
 
     assert config_problems(TrainConfig()) == {}
     bad = config_problems(TrainConfig(validation_fraction=0.5, calibration_fraction=0.45))
@@ -25,7 +25,7 @@ def test_config_problems_name_the_field() -> None:
 
 
 def test_rare_values_are_named_per_axis() -> None:
-    from shared.ml.training import rare_values
+    from shared.ml.train_config import rare_values
 
     recs = [Record(str(i), "t", None, {"colour": [c], "size": ["XL"] if i == 0 else []})
             for i, c in enumerate(["red"] * 5 + ["blue", "green", "teal"])]
@@ -37,7 +37,7 @@ def test_rare_values_are_named_per_axis() -> None:
 
 
 def test_calibration_gaps_say_which_values_can_never_be_auto() -> None:
-    from shared.ml.training import calibration_gaps, needed_for_auto
+    from shared.ml.train_config import calibration_gaps, needed_for_auto
 
     assert needed_for_auto(0.98, 0.95) == 149  # the number docs/MODEL.md and calibration.py quote
     a = Axis("colour", "single", ["red", "blue", "teal"])
