@@ -19,6 +19,10 @@ score, no disagreements. Scores are a cheap hash of the title, so values vary ac
 
 ``TAGGER_BENCH_PROFILE=path``: the worker runs under cProfile (:mod:`bench.profiled`: one profiler
 per thread, so the pool threads' batches are in it, merged) and writes pstats to ``path`` when it stops.
+
+``TAGGER_BENCH_NO_TASK_EVENTS=1``: an experiment for the consumer side (issue 13, point 3), not a
+setting: the worker sends no task events (``worker_send_task_events=False``; production sends them
+for Flower and the outcome metrics).
 """
 
 from __future__ import annotations
@@ -96,6 +100,10 @@ def main() -> None:
     from celery.__main__ import main as celery_main
 
     install()
+    if os.environ.get("TAGGER_BENCH_NO_TASK_EVENTS") == "1":
+        from workers.app import app
+
+        app.conf.worker_send_task_events = False
     sys.argv = ["celery", *sys.argv[1:]]
     path = os.environ.get("TAGGER_BENCH_PROFILE")
     if path:

@@ -376,6 +376,8 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
     }
     if args.profile:
         env["TAGGER_BENCH_PROFILE"] = str(args.profile.resolve())
+    if getattr(args, "no_task_events", False):
+        env["TAGGER_BENCH_NO_TASK_EVENTS"] = "1"
     logs = args.logs or workdir
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"worker-{label}.log"
@@ -437,9 +439,11 @@ def main() -> None:
                          "(bench.null_worker), text-only events, no model or unbatched run")
     ap.add_argument("--profile", type=Path, default=None,
                     help="with --null-model: run the worker under cProfile, pstats to this file")
+    ap.add_argument("--no-task-events", action="store_true",
+                    help="with --null-model: an experiment, the worker sends no Celery task events")
     args = ap.parse_args()
-    if args.profile and not args.null_model:
-        ap.error("--profile needs --null-model")
+    if (args.profile or args.no_task_events) and not args.null_model:
+        ap.error("--profile and --no-task-events need --null-model")
     if args.n < 1 or args.concurrency < 0 or args.torch_threads < 0:
         ap.error("--n must be at least 1, --concurrency and --torch-threads at least 0")
 
@@ -510,7 +514,8 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
     n_batched = sum(b[0] for b in r.batches)
     write_ms = sum(b[2] for b in r.batches) / n_batched if n_batched else float("nan")
     load = sp.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"products: {args.n} from {manifest}, text only; NULL model (bench.null_worker); "
+    events = "no task events (experiment)" if args.no_task_events else "task events on"
+    print(f"products: {args.n} from {manifest}, text only; NULL model (bench.null_worker), {events}; "
           f"{args.concurrency} worker thread(s); {os.cpu_count()} CPUs; load: {load}")
     print(f"settings: batch {batch}, flush_interval {settings.flush_interval_s}s, prefetch "
           f"{2 * batch * args.concurrency}, publishers {args.publishers} x chunk {args.publish_chunk}, "

@@ -2,6 +2,9 @@
 
     python -m bench.profiled OUT.prof uvicorn api.app:create_app --factory ...
 
+``BENCH_PROFILER=yappi`` (yappi installed): CPU time instead of wall time, every thread, the same
+pstats file; waits do not count, so the costs per request stand out on a busy machine.
+
 Benchmarks only. Each thread started after this gets its own profiler (cProfile follows one thread),
 all merged into ``OUT.prof`` when the program ends (a normal exit or SystemExit, e.g. SIGTERM
 handled by uvicorn or celery). Wall-clock profiles: waits (a queue's get, a socket's recv) count.
@@ -17,8 +20,26 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _yappi(main: Callable[[], Any], path: str) -> None:
+    import yappi
+
+    yappi.set_clock_type("cpu")
+    signal.signal(signal.SIGTERM, lambda signum, _frame: (_ for _ in ()).throw(SystemExit(128 + signum)))
+    yappi.start(builtins=True)
+    try:
+        main()
+    finally:
+        yappi.stop()
+        yappi.get_func_stats().save(path, type="pstat")
+
+
 def profiled(main: Callable[[], Any], path: str) -> None:
     """Run ``main`` with a cProfile per thread; merge them into ``path`` at exit."""
+    import os
+
+    if os.environ.get("BENCH_PROFILER") == "yappi":
+        _yappi(main, path)
+        return
     import cProfile
     import pstats
     import threading
