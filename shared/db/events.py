@@ -9,6 +9,7 @@ redelivered batch re-applies to the same rows and changes nothing more).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -19,7 +20,15 @@ from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.models import DeadLetter, TaggingEvent
-from shared.db.sql import chunks, dialect_insert, json_rows_select, keys_as_array, set_based, unnest_select
+from shared.db.sql import (
+    chunks,
+    dialect_insert,
+    json_rows_document,
+    json_rows_select,
+    keys_as_array,
+    set_based,
+    unnest_select,
+)
 from shared.events import ProductUploaded
 
 _events = cast(sa.Table, TaggingEvent.__table__)
@@ -44,14 +53,8 @@ def record_events(session: Session, events: Sequence[ProductUploaded], now: date
         # whatever the batch size (an executemany with RETURNING is sent as one multi-VALUES statement
         # per batch size, which psycopg parses anew each time; an array per column quotes every
         # payload in Python: both measured in bench/publish.py).
-        columns = ["event_id", "product_id", "payload"]
-        recorded = json_rows_select(_events, rows, columns).subquery("r")
-        stmt = (postgresql.insert(_events).from_select(
-            [*columns, "status", "attempts", "received_at"],
-            sa.select(*recorded.c, sa.literal("received"), sa.literal(0),
-                      sa.bindparam("now", now, type_=_events.c.received_at.type)))
-                .on_conflict_do_nothing(index_elements=[_events.c.event_id]))
-        inserted = set(session.execute(stmt.returning(_events.c.event_id)).scalars())
+        doc = json_rows_document(rows, _RECORDED)
+        inserted = set(session.execute(_record_statement(), {"json_rows": doc, "now": now}).scalars())
     else:
         stmt = dialect_insert(session, _events).on_conflict_do_nothing(index_elements=[_events.c.event_id])
         inserted = set(session.execute(stmt.returning(_events.c.event_id), rows).scalars())
@@ -63,6 +66,20 @@ def record_events(session: Session, events: Sequence[ProductUploaded], now: date
                                                _events.c.payload.is_not(None))
         ).scalars())
     return out
+
+
+_RECORDED = ("event_id", "product_id", "payload")
+
+
+@functools.cache
+def _record_statement() -> sa.Insert:
+    """Postgres: INSERT ... SELECT FROM json_to_recordset(:json_rows) ... ON CONFLICT DO NOTHING
+    RETURNING event_id, as 'received' at :now; built once (building costs more than running it)."""
+    recorded = json_rows_select(_events, _RECORDED).subquery("r")
+    select = sa.select(*recorded.c, sa.literal("received"), sa.literal(0),
+                       sa.bindparam("now", type_=_events.c.received_at.type))
+    return (postgresql.insert(_events).from_select([*_RECORDED, "status", "attempts", "received_at"], select)
+            .on_conflict_do_nothing(index_elements=[_events.c.event_id]).returning(_events.c.event_id))
 
 
 def _key_lists(session: Session, keys: Sequence[str]) -> Any:
@@ -83,11 +100,23 @@ def _key_in(session: Session, keys: Sequence[str]) -> sa.ColumnElement[bool]:
 
 def mark_enqueued(session: Session, event_ids: Sequence[str], now: datetime) -> None:
     """Note that these events reached the broker at ``now`` (the sweeper then leaves them alone)."""
-    for chunk in _key_lists(session, sorted(event_ids)):
+    if not event_ids:
+        return
+    if keys_as_array(session):  # one statement, built once, all keys as one array
+        session.execute(_mark_statement(), {"keys": sorted(event_ids), "now": now})
+        return
+    for chunk in chunks(sorted(event_ids)):
         session.execute(
-            sa.update(_events).where(_key_in(session, chunk), _events.c.status == "received")
+            sa.update(_events).where(_events.c.event_id.in_(chunk), _events.c.status == "received")
             .values(enqueued_at=now)
         )
+
+
+@functools.cache
+def _mark_statement() -> sa.Update:
+    keys = sa.bindparam("keys", type_=postgresql.ARRAY(sa.Text))
+    return (sa.update(_events).where(_events.c.event_id == sa.any_(keys), _events.c.status == "received")
+            .values(enqueued_at=sa.bindparam("now", type_=_events.c.enqueued_at.type)))
 
 
 # --- stragglers (the sweeper) ---------------------------------------------------------------------
