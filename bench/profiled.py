@@ -20,11 +20,17 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _stop(signum: int, _frame: Any) -> None:
+    """uvicorn handles SIGTERM itself, then restores the handler it found and raises the signal
+    again: this handler turns that into SystemExit, so the stats are still written."""
+    raise SystemExit(128 + signum)
+
+
 def _yappi(main: Callable[[], Any], path: str) -> None:
     import yappi
 
     yappi.set_clock_type("cpu")
-    signal.signal(signal.SIGTERM, lambda signum, _frame: (_ for _ in ()).throw(SystemExit(128 + signum)))
+    signal.signal(signal.SIGTERM, _stop)
     yappi.start(builtins=True)
     try:
         main()
@@ -60,12 +66,7 @@ def profiled(main: Callable[[], Any], path: str) -> None:
 
     threading.Thread._bootstrap_inner = bootstrap  # type: ignore[attr-defined]
 
-    def stop(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    # uvicorn handles SIGTERM itself, then restores the handler it found and raises the signal again:
-    # this handler turns that into SystemExit, so the stats below are still written.
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, _stop)
     main_prof = cProfile.Profile()
     profiles.append(main_prof)
     main_prof.enable()
