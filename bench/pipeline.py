@@ -170,7 +170,7 @@ def measure_model(products: list[Product], batch: int, settings: Settings, strea
             ix[rows, : enc.backbone_dim] = enc.embed_prepared(pixels)
             ix[rows, enc.backbone_dim :] = colours
             im[rows] = True
-        tagger.probabilities(tx, tm, ix, im)
+        tagger.probabilities(tx, tm, ix, im, lexical=tagger.lexical(texts))
 
     items = [Item(p.text, p.image) for p in products]
     batches = [items[start : start + batch] for start in range(0, len(items), batch)]
