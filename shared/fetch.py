@@ -27,7 +27,20 @@ _GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 ANY_BUCKET = "*"
 
 class FetchError(PermanentError):
-    """The image could not be had; the message is the reason recorded on the event."""
+    """The image could not be had; the message is the reason recorded on the event.
+
+    ``unavailable``: our object store (s3://) could not be reached or answered 5xx — an outage, not
+    the event's fault; the worker waits for the store instead of tagging the product without its
+    photo. A seller's own https:// host failing is that event's problem and never sets it."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+#: S3 error codes that mean the store, not the object, is failing.
+_STORE_DOWN_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                               "500", "502", "503", "504"})
 
 
 def _is_public(addr: str) -> bool:
@@ -189,7 +202,14 @@ class ImageFetcher:
             return self._s3
 
     def _fetch_s3(self, bucket: str, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
 
         try:
             obj = self._client().get_object(Bucket=bucket, Key=key)
@@ -201,10 +221,17 @@ class ImageFetcher:
             self._limit(len(body))
             return body
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
-            raise FetchError(f"s3://{bucket}/{key}: {code}") from None
-        except (ReadTimeoutError, ConnectTimeoutError):
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            raise FetchError(f"s3://{bucket}/{key}: {code}",
+                             unavailable=code in _STORE_DOWN_CODES or status >= 500) from None
+        except ConnectTimeoutError:
+            raise FetchError(f"s3://{bucket}/{key}: store unreachable (connect timed out)",
+                             unavailable=True) from None
+        except ReadTimeoutError:
             raise FetchError(f"s3://{bucket}/{key}: timed out") from None
+        except (EndpointConnectionError, ConnectionClosedError):
+            raise FetchError(f"s3://{bucket}/{key}: store unreachable", unavailable=True) from None
         except BotoCoreError as exc:
             raise FetchError(f"s3://{bucket}/{key}: {exc}") from None
 

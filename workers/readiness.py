@@ -1,4 +1,4 @@
-"""Whether this worker can do its work now: the model is loaded and the database answers.
+"""Whether this worker can do its work now: the model is loaded, the database and the object store answer.
 
 A worker whose database is down keeps its batch (unacked), waits and probes; meanwhile it is not
 ready (``/readyz`` answers 503, ``tagger_worker_database_up`` is 0), so an orchestrator or the ops
@@ -20,7 +20,8 @@ from shared.metrics import outage_waits_total, worker_database_up
 log = logging.getLogger("workers.readiness")
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"model_loaded": False, "database_up": True, "database_down_since": None}
+_state: dict[str, object] = {"model_loaded": False, "database_up": True, "database_down_since": None,
+                             "object_store_up": True}
 
 
 def mark_model_loaded() -> None:
@@ -43,11 +44,21 @@ def mark_database(up: bool) -> None:
     worker_database_up.set(1 if up else 0)
 
 
+def mark_object_store(up: bool) -> None:
+    """Record whether the object store (s3:// photos) answered the last batch (logs each change)."""
+    with _lock:
+        was, _state["object_store_up"] = _state["object_store_up"], up
+    if was and not up:
+        log.warning("object_store_unreachable worker_ready=false")
+    elif up and not was:
+        log.info("object_store_back worker_ready=true")
+
+
 def readiness() -> tuple[bool, dict[str, object]]:
     """(ready, why) for ``/readyz``."""
     with _lock:
         state = dict(_state)
-    return bool(state["model_loaded"] and state["database_up"]), state
+    return bool(state["model_loaded"] and state["database_up"] and state["object_store_up"]), state
 
 
 def database_answers(url: str) -> bool:

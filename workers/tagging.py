@@ -28,7 +28,7 @@ from workers.audit import SwitchWatcher
 from workers.batching import OUTCOMES, UNACKED
 from workers.deliveries import Delivery, decode, requeue_or_dead_letter
 from workers.hotswap import ModelWatcher, announce, warm_up
-from workers.readiness import mark_model_loaded, readiness, wait_for_database
+from workers.readiness import mark_model_loaded, mark_object_store, readiness, wait_for_database
 from workers.writes import OutageTimeout, write
 
 log = logging.getLogger("workers.tagging")
@@ -95,6 +95,9 @@ def infer(
     watch = watch or Stopwatch()
     with watch.stage("fetch"):
         fetched = rt.fetcher.fetch_many([ev.image_uri for ev in events])
+    down = next((f for f in fetched if isinstance(f, FetchError) and f.unavailable), None)
+    if down is not None:  # our store, not the events: no tagging without their photos
+        raise ObjectStoreUnavailable(str(down))
     items, fetch_errors = [], []
     for ev, got in zip(events, fetched, strict=True):
         text = ev.title if not ev.description else f"{ev.title} {ev.description}"
@@ -108,6 +111,30 @@ def infer(
     if len(preds) != len(items):  # LitServe's check: outputs must match inputs one to one
         raise RuntimeError(f"model returned {len(preds)} predictions for {len(items)} items")
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
+
+
+class ObjectStoreUnavailable(Exception):
+    """The object store holding the photos could not be reached: wait for it, count no attempt."""
+
+
+def _infer_waiting(rt: Runtime, events: list[ProductUploaded], tagger: Any,
+                   watch: Stopwatch) -> list[tuple[Any, str | None]] | None:
+    """:func:`infer`, waiting out an object-store outage with back-off (not ready meanwhile);
+    None when it lasts longer than ``outage_max_wait_s`` (the batch then goes back to the broker)."""
+    s = rt.settings
+    deadline, pause = time.monotonic() + s.outage_max_wait_s, 0.5
+    while True:
+        try:
+            outcomes = infer(rt, events, tagger, watch)
+            mark_object_store(True)
+            return outcomes
+        except ObjectStoreUnavailable as exc:
+            mark_object_store(False)
+            log.warning("fetch_waits_for_object_store n=%d error=%s", len(events), exc)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, s.outage_backoff_max_s)
 
 
 def _held_back(pred: Any, axis: str) -> str | None:
@@ -191,7 +218,10 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     given_up = [d for d in deliveries if d.reason is not None]
     watch = Stopwatch()
     try:
-        outcomes = infer(rt, [d.event for d in todo], tagger, watch) if todo else []
+        outcomes = _infer_waiting(rt, [d.event for d in todo], tagger, watch) if todo else []
+        if outcomes is None:  # the object store stayed down: the broker keeps the batch, as it was
+            log.warning("batch_handed_back n=%d reason=object_store_unreachable", len(requests))
+            return {"n": len(requests), "handed_back": len(requests), UNACKED: every}
         version = tagger.version
         results = [_result(d, p, ie, version, off, s.audit_rate)
                    for d, (p, ie) in zip(todo, outcomes, strict=True)]

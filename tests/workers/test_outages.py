@@ -26,7 +26,7 @@ from shared.publish import Publisher
 from tests.netcut import NetCut
 from tests.workers.db import Db
 from tests.workers.procs import RedisServer, Worker, free_port, wait_for
-from tests.workers.stack import event
+from tests.workers.stack import BUCKET, S3, S3_ENV, Images, event
 from workers.deliveries import decode
 from workers.readiness import readiness
 from workers.writes import OutageTimeout, write
@@ -178,6 +178,44 @@ def test_a_worker_whose_database_is_cut_tags_its_backlog_when_it_is_back(
         assert worker.count("write_waits_for_database") == inferred <= 1  # no inference re-run per probe
         wait_for(lambda: _ready(port)[0] == 200, 10, "the worker to be ready again")
         assert "database_back" in worker.log() and worker.alive() and worker.starts == 1
+    finally:
+        worker.stop()
+        cut.close()
+        db.close()
+
+
+def test_an_object_store_outage_is_waited_out_and_the_photos_are_used(
+    make_redis: Callable[..., RedisServer], make_db: Callable[..., str], worker_env: Callable[..., dict],
+    start_worker: Callable[..., Worker], s3: S3, images: Images,
+) -> None:
+    """s3:// photos live in our object store: when it is unreachable the worker waits for it (not
+    ready meanwhile) instead of tagging the products without their photos, and counts no attempt."""
+    redis, url = make_redis(), make_db()
+    front_port = int(s3.front.url.rsplit(":", 1)[1])
+    cut = NetCut("127.0.0.1", front_port)
+    port = free_port()
+    env = worker_env(redis, url, metrics_port=port, outage_backoff_max_s=1, batch_size=4,
+                     image_buckets=f'["{BUCKET}"]', s3_endpoint_url=f"http://127.0.0.1:{cut.port}",
+                     fetch_timeout_s=2)
+    env.update(S3_ENV)
+    worker = start_worker("store-outage", env)
+    db = Db(url)
+    try:
+        recs = images.records[:4]
+        uris = [s3.put(f"outage/{r.id}.jpg", images.data[r.id]) for r in recs]
+        events = [event(title=r.text, image_uri=u) for r, u in zip(recs, uris, strict=True)]
+        cut.cut()
+        with Publisher(redis.url) as publisher:
+            publisher.publish(events)
+        wait_for(lambda: _ready(port)[0] == 503, 60, "the worker to report not ready")
+        assert _ready(port)[1]["object_store_up"] is False
+        assert db.events(e["event_id"] for e in events) == {}  # nothing tagged without its photo
+        cut.restore()
+        rows = db.wait_events([e["event_id"] for e in events], timeout=90, statuses=("tagged",))
+        assert {(r["attempts"], r["image_error"]) for r in rows.values()} == {(1, None)}
+        assert db.dead_letters() == []
+        wait_for(lambda: _ready(port)[0] == 200, 10, "the worker to be ready again")
+        assert "object_store_back" in worker.log()
     finally:
         worker.stop()
         cut.close()
