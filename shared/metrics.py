@@ -42,8 +42,23 @@ axis_decisions_total = Counter(
     "one value applied on the axis) or review (none applied: the axis waits for a reviewer).",
     ["axis", "status"])
 live_model = Gauge("tagger_live_model", "1 for the model version this process serves.", ["version"])
+# Registered by workers only (register_worker_health): any other process importing this module would
+# export a constant 0 and fire the TaggerDatabaseDown/TaggerObjectStoreDown alerts.
 worker_database_up = Gauge("tagger_worker_database_up", "1 while this worker's last database write or "
-                           "probe succeeded, 0 while it waits for the database (no attempt is counted).")
+                           "probe succeeded, 0 while it waits for the database (no attempt is counted).",
+                           registry=None)
+worker_object_store_up = Gauge("tagger_worker_object_store_up", "1 while this worker's last s3:// photo "
+                               "fetches reached the object store, 0 while it waits for it.", registry=None)
+
+
+def register_worker_health() -> None:
+    """Export the worker's dependency gauges from this process, starting at 1 (up until shown down)."""
+    from prometheus_client import REGISTRY
+
+    for gauge in (worker_database_up, worker_object_store_up):
+        with contextlib.suppress(ValueError):  # already registered
+            REGISTRY.register(gauge)
+            gauge.set(1)
 outage_waits_total = Counter("tagger_outage_waits_total", "Batches that waited for an unreachable "
                              "database instead of failing.")
 estimated_accuracy = Gauge(

@@ -15,9 +15,15 @@ import sqlalchemy as sa
 
 from shared.db.faults import Fault, classify
 from shared.db.session import get_engine
-from shared.metrics import outage_waits_total, worker_database_up
+from shared.metrics import (
+    outage_waits_total,
+    register_worker_health,
+    worker_database_up,
+    worker_object_store_up,
+)
 
 log = logging.getLogger("workers.readiness")
+register_worker_health()  # this process is a worker: export the database/object-store gauges
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"model_loaded": False, "database_up": True, "database_down_since": None,
@@ -48,6 +54,7 @@ def mark_object_store(up: bool) -> None:
     """Record whether the object store (s3:// photos) answered the last batch (logs each change)."""
     with _lock:
         was, _state["object_store_up"] = _state["object_store_up"], up
+    worker_object_store_up.set(1 if up else 0)
     if was and not up:
         log.warning("object_store_unreachable worker_ready=false")
     elif up and not was:

@@ -14,6 +14,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import shared.metrics  # noqa: F401  (registers every tagger metric)
+from shared.metrics import register_worker_health
 
 RULES = Path(__file__).resolve().parents[2] / "docker" / "prometheus" / "alerts.yml"
 RULE_TESTS = RULES.with_name("alerts.test.yml")
@@ -23,6 +24,7 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not in
 
 
 def exported() -> set[str]:
+    register_worker_health()  # what a worker process adds (workers/readiness.py registers them)
     families = list(REGISTRY.collect())  # a labelled counter with no child yet has no sample: its name
     return {sample.name for family in families for sample in family.samples} | {
         family.name for family in families} | {f"{f.name}_total" for f in families if f.type == "counter"}
