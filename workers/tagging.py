@@ -95,7 +95,7 @@ def infer(
     watch = watch or Stopwatch()
     with watch.stage("fetch"):
         fetched = rt.fetcher.fetch_many([ev.image_uri for ev in events])
-    down = next((f for f in fetched if isinstance(f, FetchError) and f.unavailable), None)
+    down = store_down([ev.image_uri for ev in events], fetched)
     if down is not None:  # our store, not the events: no tagging without their photos
         raise ObjectStoreUnavailable(str(down))
     items, fetch_errors = [], []
@@ -111,6 +111,17 @@ def infer(
     if len(preds) != len(items):  # LitServe's check: outputs must match inputs one to one
         raise RuntimeError(f"model returned {len(preds)} predictions for {len(items)} items")
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
+
+
+def store_down(uris: list[str | None], fetched: list[Any]) -> FetchError | None:
+    """The error that shows the object store down, if the batch shows it: some s3:// fetch failed as
+    unavailable and none succeeded. When others from the store arrived, the store is up and the
+    failing object is that event's problem (tagged without its photo), so one bad object can never
+    hold the queue."""
+    failed = [f for f in fetched if isinstance(f, FetchError) and f.unavailable]
+    arrived = any(isinstance(f, bytes) and (u or "").startswith("s3://")
+                  for u, f in zip(uris, fetched, strict=True))
+    return failed[0] if failed and not arrived else None
 
 
 class ObjectStoreUnavailable(Exception):

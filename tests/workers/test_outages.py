@@ -220,3 +220,17 @@ def test_an_object_store_outage_is_waited_out_and_the_photos_are_used(
         worker.stop()
         cut.close()
         db.close()
+
+
+def test_the_store_is_down_only_when_no_photo_from_it_arrived() -> None:
+    """One object answering 5xx while others arrive is that event's problem (tagged without its
+    photo), so one bad object never holds the queue; all failing means the store is down."""
+    from shared.fetch import FetchError
+    from workers.tagging import store_down
+
+    gone = FetchError("s3://b/k: InternalError", unavailable=True)
+    missing = FetchError("s3://b/x: NoSuchKey")
+    assert store_down(["s3://b/k", "s3://b/j"], [gone, gone]) is gone
+    assert store_down(["s3://b/k", "s3://b/j"], [gone, b"jpeg"]) is None
+    assert store_down(["s3://b/k", "https://seller.example/p.jpg"], [gone, b"jpeg"]) is gone
+    assert store_down(["s3://b/x", None], [missing, None]) is None
