@@ -24,7 +24,7 @@ from api.state import get_state
 from shared.db import dead_letters as store
 from shared.db.dead_letters import MAX_ID, SKIP_REASONS, Filters, Summary
 from shared.db.session import session_scope
-from shared.events import parse_json, plain_id
+from shared.events import plain_id
 
 log = logging.getLogger("tagger.api.dead_letters")
 router = APIRouter(prefix="/v1", tags=["dead letters"], route_class=GuardedRoute,
@@ -252,9 +252,5 @@ def show_dead_letter(
         detail = store.get_dead_letter(session, dead_letter_id, state.settings)
     if detail is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
-    try:
-        payload: Any = parse_json(detail.payload)
-    except ValueError:
-        payload = detail.payload
-    return DeadLetterDetail(**_item(detail.summary), payload=payload, replayable=not detail.problems,
-                            problems=list(detail.problems))
+    return DeadLetterDetail(**_item(detail.summary), payload=detail.payload_document(),
+                            replayable=not detail.problems, problems=list(detail.problems))

@@ -136,7 +136,6 @@ def show(
     """One dead letter with its stored message (private: seller titles, URIs) and whether it can replay."""
     from shared.db.dead_letters import get_dead_letter
     from shared.db.session import session_scope
-    from shared.events import parse_json
 
     try:
         with session_scope() as session:
@@ -145,10 +144,7 @@ def show(
         raise _fail(exc) from None
     if detail is None:
         raise _fail(f"no dead letter {dead_letter_id}")
-    try:
-        payload: Any = parse_json(detail.payload)
-    except ValueError:
-        payload = detail.payload
+    payload = detail.payload_document()
     doc = {**_summary_doc(detail.summary), "replayable": not detail.problems,
            "problems": list(detail.problems), "payload": payload}
     if as_json:

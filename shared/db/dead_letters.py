@@ -80,6 +80,13 @@ class Detail:
     payload: str
     problems: tuple[str, ...]  # why the payload is not replayable ("field: reason"); empty: it is
 
+    def payload_document(self) -> Any:
+        """The stored message as JSON (bounded parse), or the raw text when it is not JSON."""
+        try:
+            return parse_json(self.payload)
+        except ValueError:
+            return self.payload
+
 
 class NotReplayable(ValueError):
     """The stored message is not a valid product.uploaded event; ``errors`` are ``field: reason`` lines."""
