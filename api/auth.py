@@ -3,20 +3,30 @@
 401: no key, or one that is malformed, unknown or revoked (the answer never says which, so it
 cannot be used to probe key ids). 403: a valid key whose role may not use the route. ``admin``
 may use every route.
+
+Verified keys are cached in the process (:class:`shared.apikeys.KeyCache`, keyed by the token's
+sha256) for ``TAGGER_API_KEY_CACHE_TTL_S`` seconds (default 5; 0: off), at most
+``TAGGER_API_KEY_CACHE_SIZE`` keys (default 1024). Why: the key's database round trip was a large
+share of a one-event POST /v1/events. The price: **a revoked key keeps working for up to the TTL**
+in each API process that used it just before. Failed tokens are never cached (a new key works at
+once, and random tokens cannot grow memory).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.errors import Forbidden, Unauthorized
 from api.state import get_state
-from shared.apikeys import ROLES, verify
+from shared.apikeys import ROLES, KeyCache, verify
 from shared.db.session import session_scope
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer tg_<id>_<secret>")
@@ -30,6 +40,42 @@ class Principal:
     key_id: str
     name: str
     role: str
+
+
+class KeyCacheSettings(BaseSettings):
+    """The verified-key cache's knobs (env prefix ``TAGGER_API_``, like :class:`api.config.ApiSettings`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGGER_API_", extra="ignore")
+
+    key_cache_ttl_s: float = Field(
+        5.0, ge=0, description="Seconds an API process trusts a key it verified without asking the "
+        "database again; also the longest time a revoked key keeps working. 0: every request asks.",
+    )
+    key_cache_size: int = Field(1024, ge=1, description="Most verified keys an API process caches.")
+
+
+_cache_lock = threading.Lock()
+
+
+def key_cache(app: FastAPI) -> KeyCache[Principal]:
+    """The app's cache of verified keys, made on first use from :class:`KeyCacheSettings` (one per
+    app, so tests can run several apps with their own databases)."""
+    cache: KeyCache[Principal] | None = getattr(app.state, "api_key_cache", None)
+    if cache is None:
+        with _cache_lock:
+            cache = getattr(app.state, "api_key_cache", None)
+            if cache is None:
+                knobs = KeyCacheSettings()
+                cache = app.state.api_key_cache = KeyCache(knobs.key_cache_ttl_s, knobs.key_cache_size)
+    return cache
+
+
+def _lookup(database_url: str) -> Callable[[str], Principal | None]:
+    def load(token: str) -> Principal | None:
+        with session_scope(database_url) as session:
+            key = verify(session, token)
+            return Principal(key.id, key.name, key.role) if key is not None else None
+    return load
 
 
 def require(*roles: str) -> Callable[..., Principal]:
@@ -48,9 +94,8 @@ def require(*roles: str) -> Callable[..., Principal]:
         if not token:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <token>' "
                                "or 'X-API-Key: <token>'")
-        with session_scope(get_state(request).settings.database_url) as session:
-            key = verify(session, token.strip())
-            principal = Principal(key.id, key.name, key.role) if key is not None else None
+        principal = key_cache(request.app).get(
+            token.strip(), _lookup(get_state(request).settings.database_url))
         if principal is None:
             raise Unauthorized("invalid or revoked API key")
         if principal.role not in allowed:

@@ -20,6 +20,10 @@ tagging_events row and a message on the Redis queue; a lost one fails the run (e
 Not a test: numbers for docs/BENCHMARKS.md. The last line reads ``events_per_s=E p50_ms=X p99_ms=Y``.
 
     .venv/bin/python -m bench.ingest --clients 8 --batch 1 --seconds 20
+
+``--compare-key-cache`` runs that measurement with the API's verified-key cache off and on
+(api/auth.py), alternating, ``--rounds`` times each, and ends with
+``key_cache_ratio=R off_events_per_s=A on_events_per_s=B`` (R: the ratio of the medians).
 """
 
 from __future__ import annotations
@@ -486,7 +490,14 @@ def main() -> None:
     ap.add_argument("--before", action="store_true",
                     help="the ingest path as it was before issue 13's producer work (bench.api_before: no "
                          "group commit, durable marks, executemany outbox rows, send_task); --workers 1")
+    ap.add_argument("--compare-key-cache", action="store_true",
+                    help="measure with the API's verified-key cache off (TAGGER_API_KEY_CACHE_TTL_S=0) and "
+                         "on (its default TTL), alternating, --rounds times each, in this one run; the last "
+                         "line gives on/off as a ratio")
+    ap.add_argument("--rounds", type=int, default=2, help="with --compare-key-cache: runs of each")
     args = ap.parse_args()
+    if args.compare_key_cache and (args.before or args.profile or args.rounds < 1):
+        ap.error("--compare-key-cache takes neither --before nor --profile, and --rounds >= 1")
     if (args.profile or args.before) and args.workers != 1:
         ap.error("--profile and --before need --workers 1")
     if min(args.clients, args.batch, args.workers) < 1 or args.seconds <= 0 or args.warmup < 0:
@@ -497,12 +508,37 @@ def main() -> None:
     if args.batch > max_batch:
         ap.error(f"--batch {args.batch} is over the API's limit of {max_batch} (TAGGER_API_MAX_BATCH)")
 
+    products = sample_products()
+    if not args.compare_key_cache:
+        rate, p50, p99 = run_once(args, products, {})
+        print(f"events_per_s={rate:.0f} p50_ms={p50:.1f} p99_ms={p99:.1f}")
+        return
+    # Alternating off/on, each a fresh API, database and Redis: slow drift of the machine's other load
+    # (2 shared cores here) hits both sides alike; the ratio of the medians is the number to quote.
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for n in range(args.rounds):
+        for side in ("off", "on"):
+            print(f"--- round {n + 1}/{args.rounds}: key cache {side} ---")
+            env = {"TAGGER_API_KEY_CACHE_TTL_S": "0"} if side == "off" else {}
+            rates[side].append(run_once(args, products, env)[0])
+    import numpy as np
+
+    off, on = (float(np.median(rates[k])) for k in ("off", "on"))
+    print(f"key cache off: {', '.join(f'{r:.0f}' for r in rates['off'])} events/s; on: "
+          f"{', '.join(f'{r:.0f}' for r in rates['on'])} events/s (medians {off:.0f} and {on:.0f})")
+    print(f"key_cache_ratio={on / off:.2f} off_events_per_s={off:.0f} on_events_per_s={on:.0f}")
+
+
+def run_once(args: argparse.Namespace, products: list[dict[str, Any]],
+             extra_env: dict[str, str]) -> tuple[float, float, float]:
+    """One measurement with its own database, Redis and API (``extra_env`` added to the API's
+    environment); prints the report and checks that nothing
+    accepted was lost. Returns (events/s, p50 ms, p99 ms)."""
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     err = Console(stderr=True)
-    products = sample_products()
     with tempfile.TemporaryDirectory(prefix="tagger-bench-ingest-") as tmp:
         folder = Path(tmp)
         redis_server = RedisServer(folder, args.redis_server)
@@ -513,6 +549,9 @@ def main() -> None:
             token = producer_token(db_url)
             env = {**os.environ, "TAGGER_DATABASE_URL": db_url, "TAGGER_BROKER_URL": redis_server.url,
                    "TAGGER_TAGGING_QUEUE": QUEUE}
+            if args.compare_key_cache and "TAGGER_API_KEY_CACHE_TTL_S" not in extra_env:
+                env.pop("TAGGER_API_KEY_CACHE_TTL_S", None)  # "on": the setting's default, not the shell's
+            env.update(extra_env)
             api = ApiServer(env, args.workers, folder / "api.log",
                             args.profile.resolve() if args.profile else None, args.before)
             api.wait_ready(args.ready_timeout)
@@ -610,7 +649,7 @@ def main() -> None:
                          f"queue (e.g. {sorted(missing_msgs)[:3]})")
     if failed:
         raise SystemExit(f"{len(failed)} requests failed (see above)")
-    print(f"events_per_s={rate:.0f} p50_ms={p50:.1f} p99_ms={p99:.1f}")
+    return rate, p50, p99
 
 
 if __name__ == "__main__":

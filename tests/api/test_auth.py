@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from fastapi.testclient import TestClient
 
+from api.auth import key_cache
 from shared.apikeys import revoke, verify
 from shared.db.session import session_scope
 from tests.api.conftest import event
@@ -25,16 +29,57 @@ def test_bad_keys_are_401(client: TestClient, tokens: dict[str, str]) -> None:
         assert response.json()["detail"] == "invalid or revoked API key"
 
 
-def test_revoked_key_is_401(client: TestClient, tokens: dict[str, str], db_url: str) -> None:
-    token = tokens["producer"]
-    ok = client.post("/v1/events", json=event(1), headers={"X-API-Key": token})
-    assert ok.status_code == 202, ok.text
+def _revoke(db_url: str, token: str) -> None:
     with session_scope(db_url) as session:
         key = verify(session, token)
         assert key is not None
         revoke(session, key.id)
+
+
+def test_revoked_key_is_401_within_the_cache_ttl(client: TestClient, tokens: dict[str, str], db_url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revoked key is refused once its cache entry is older than TAGGER_API_KEY_CACHE_TTL_S (real
+    Postgres, the revocation committed by another session, as ``tagger keys revoke`` does)."""
+    monkeypatch.setenv("TAGGER_API_KEY_CACHE_TTL_S", "1.0")  # read when the app's cache is first made
+    token = tokens["producer"]
+    ok = client.post("/v1/events", json=event(1), headers={"X-API-Key": token})
+    assert ok.status_code == 202, ok.text
+    assert key_cache(client.app).ttl_s == 1.0
+    _revoke(db_url, token)
+    revoked_at = time.monotonic()
+    # Within the TTL the process still trusts what it verified (the documented price of the cache).
+    still = client.post("/v1/events", json=event(2), headers={"X-API-Key": token})
+    if time.monotonic() - revoked_at < 0.9:  # a very slow machine may already be past the TTL
+        assert still.status_code == 202, still.text
+    time.sleep(max(0.0, revoked_at + 1.05 - time.monotonic()))
+    response = client.post("/v1/events", json=event(3), headers={"X-API-Key": token})
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid or revoked API key"
+
+
+def test_revoked_key_is_401_at_once_without_cache(client: TestClient, tokens: dict[str, str], db_url: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAGGER_API_KEY_CACHE_TTL_S", "0")
+    token = tokens["producer"]
+    ok = client.post("/v1/events", json=event(1), headers={"X-API-Key": token})
+    assert ok.status_code == 202, ok.text
+    _revoke(db_url, token)
     response = client.post("/v1/events", json=event(2), headers={"X-API-Key": token})
     assert response.status_code == 401
+
+
+def test_cache_keeps_only_verified_keys_by_hash(client: TestClient, tokens: dict[str, str]) -> None:
+    """Bad tokens leave nothing behind (no memory growth from guessing); a good one is kept under its
+    sha256, never as the token itself."""
+    for n in range(50):
+        bad = client.post("/v1/events", json=event(n), headers={"X-API-Key": f"tg_{n:016x}_guess{n}"})
+        assert bad.status_code == 401
+    cache = key_cache(client.app)
+    assert len(cache) == 0
+    token = tokens["producer"]
+    assert client.post("/v1/events", json=event(1), headers={"X-API-Key": token}).status_code == 202
+    assert len(cache) == 1
+    assert token.encode() not in repr(cache._entries).encode() and token not in repr(cache._entries)
 
 
 def test_wrong_role_is_403(client: TestClient, tokens: dict[str, str]) -> None:
