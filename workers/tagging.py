@@ -1,6 +1,9 @@
 """The tagging batch, in stages: decode requests -> fetch images -> infer (no DB connection
 held) -> write every effect in one transaction -> return (celery-batches then acks).
 
+On a GPU the inference is cut into sub-batches (:mod:`workers.stages`): fetch + decode of the next
+on a stage thread while the model runs this one; the batch stays one write and one ack.
+
 A bad item fails alone: a malformed message is dead-lettered, a broken image leaves the text to
 tag the product. A failure of the whole batch (database down) hands every delivery on itself
 (:mod:`workers.deliveries`): celery-batches acks the batch even when the task raises, so nothing
@@ -12,6 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +34,7 @@ from workers.batching import OUTCOMES, UNACKED
 from workers.deliveries import Delivery, decode, requeue_or_dead_letter
 from workers.hotswap import ModelWatcher, announce, warm_up
 from workers.readiness import mark_model_loaded, mark_object_store, readiness, wait_for_database
+from workers.stages import default_sub_batch, overlapped, split
 from workers.writes import OutageTimeout, write
 
 log = logging.getLogger("workers.tagging")
@@ -44,6 +50,10 @@ class Runtime:
     watcher: Any = None  # workers.hotswap.ModelWatcher: follows the registry's live version
     accuracy: RollingAccuracy = field(default_factory=RollingAccuracy)  # the label-free live estimate
     switches: SwitchWatcher | None = None  # the live audit: values switched off (shared/audit.py)
+    # Events per sub-batch whose fetch + decode overlaps the model's previous one; 0: the batch in
+    # one piece (the CPU default; workers.stages.default_sub_batch).
+    sub_batch: int = 0
+    stage_pool: ThreadPoolExecutor | None = None  # the stage thread(s); made when sub_batch > 0
 
 
 _runtime: Runtime | None = None
@@ -67,6 +77,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
                          accuracy=RollingAccuracy(s.accuracy_window),
                          switches=SwitchWatcher(s.database_url, s.audit_poll_s))
             rt.watcher = ModelWatcher(rt)
+            use_stages(rt, default_sub_batch(tagger.device, s.batch_size))
             rt.watcher.sync_now()  # the registry's live model, if one is registered
             tagger = rt.tagger
             _runtime = rt
@@ -75,6 +86,14 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             log.info("model_loaded version=%s device=%s torch_threads=%d ms=%d", tagger.version,
                      tagger.device, threads, (time.perf_counter() - t0) * 1000)
         return _runtime
+
+
+def use_stages(rt: Runtime, sub_batch: int) -> None:
+    """Overlap fetch + decode with the model in sub-batches of ``sub_batch`` events (0: off)."""
+    rt.sub_batch = sub_batch
+    if sub_batch > 0 and rt.stage_pool is None:
+        # Two threads: a CPU worker may run two batches at once, each with its next sub-batch in flight.
+        rt.stage_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stage")
 
 
 def runtime(settings: Settings | None = None) -> Runtime:
@@ -90,14 +109,26 @@ def infer(
 ) -> list[tuple[Any, str | None]]:
     """Predictions and per-item image error; holds no database connection. ``watch`` gets the
     seconds of fetch, decode, encode and head."""
-    from shared.ml.predictor import Item
-
     watch = watch or Stopwatch()
+    parts = split(len(events), rt.sub_batch)
+    if len(parts) > 1 and rt.stage_pool is not None and hasattr(tagger, "image_encoder"):
+        return _infer_staged(rt, events, tagger, watch, parts)
+    uris = [ev.image_uri for ev in events]
     with watch.stage("fetch"):
-        fetched = rt.fetcher.fetch_many([ev.image_uri for ev in events])
-    down = store_down([ev.image_uri for ev in events], fetched)
+        fetched = rt.fetcher.fetch_many(uris)
+    down = store_down(uris, fetched)
     if down is not None:  # our store, not the events: no tagging without their photos
         raise ObjectStoreUnavailable(str(down))
+    items, fetch_errors = _items(events, fetched)
+    preds = tagger.predict(items, top_k=3, watch=watch)
+    return _paired(preds, items, fetch_errors)
+
+
+def _items(events: list[ProductUploaded], fetched: list[Any]) -> tuple[list[Any], list[str | None]]:
+    """What the model reads per event (title + description, the photo if it arrived), and per event
+    why its photo did not arrive."""
+    from shared.ml.predictor import Item
+
     items, fetch_errors = [], []
     for ev, got in zip(events, fetched, strict=True):
         text = ev.title if not ev.description else f"{ev.title} {ev.description}"
@@ -107,10 +138,50 @@ def infer(
         else:
             items.append(Item(text=text, image=got))
             fetch_errors.append(None)
-    preds = tagger.predict(items, top_k=3, watch=watch)
+    return items, fetch_errors
+
+
+def _paired(preds: list[Any], items: list[Any],
+            fetch_errors: list[str | None]) -> list[tuple[Any, str | None]]:
+    """Each prediction with the item's image error: the fetch's, else the decode's."""
     if len(preds) != len(items):  # LitServe's check: outputs must match inputs one to one
         raise RuntimeError(f"model returned {len(preds)} predictions for {len(items)} items")
     return [(p, fe or p.image_error) for p, fe in zip(preds, fetch_errors, strict=True)]
+
+
+def _infer_staged(rt: Runtime, events: list[ProductUploaded], tagger: Any, watch: Stopwatch,
+                  parts: list[slice]) -> list[tuple[Any, str | None]]:
+    """:func:`infer` in sub-batches, fetch + decode of the next on the stage thread. The object
+    store is judged on the whole batch, as in one piece: before the model runs the last sub-batch,
+    every photo has been fetched; if the store is down the earlier sub-batches' predictions are
+    thrown away (nothing was written) and the batch waits as before."""
+    uris = [ev.image_uri for ev in events]
+
+    def prepare(part: slice) -> tuple[list[Any], list[Any], list[str | None], Any]:
+        with watch.stage("fetch"):  # only this thread times fetch and decode: no shared key
+            fetched = rt.fetcher.fetch_many(uris[part])
+        items, fetch_errors = _items(events[part], fetched)
+        photos = None
+        if any(it.image is not None for it in items):
+            with watch.stage("decode"):
+                photos = tagger.image_encoder.prepare_batch([it.image for it in items])
+        return fetched, items, fetch_errors, photos
+
+    fetched_all: list[Any] = []
+    preds: list[Any] = []
+    items_all: list[Any] = []
+    errors_all: list[str | None] = []
+    with closing(overlapped(parts, prepare, rt.stage_pool)) as staged:
+        for k, (fetched, items, fetch_errors, photos) in enumerate(staged):
+            fetched_all += fetched
+            if k == len(parts) - 1:
+                down = store_down(uris, fetched_all)
+                if down is not None:
+                    raise ObjectStoreUnavailable(str(down))
+            preds += tagger.predict(items, top_k=3, watch=watch, images=photos)
+            items_all += items
+            errors_all += fetch_errors
+    return _paired(preds, items_all, errors_all)
 
 
 def store_down(uris: list[str | None], fetched: list[Any]) -> FetchError | None:

@@ -1,9 +1,16 @@
-"""Frozen pretrained image backbone (timm) + colour features, batched, decode on a thread pool."""
+"""Frozen pretrained image backbone (timm) + colour features, batched, decode on a thread pool.
+
+On CUDA the JPEGs of a batch are decoded on the GPU (:mod:`shared.ml.decode`, nvJPEG) and only what
+it does not take goes through PIL; host tensors bound for the GPU travel from pinned memory.
+:meth:`ImageEncoder.prepare_batch` and :meth:`ImageEncoder.embed` are the two halves of
+:meth:`ImageEncoder.encode`, so a worker can prepare the next sub-batch while the model runs this one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +23,7 @@ from torchvision.transforms import v2 as T
 
 from shared.errors import ArtifactError
 from shared.ml.colour import COLOUR_DIM, COLOUR_VERSION, colour_features
+from shared.ml.decode import Limits, TensorDecoder, decode_batch
 from shared.ml.device import autocast, resolve_device
 from shared.stopwatch import Stopwatch
 
@@ -38,6 +46,20 @@ class ImagePreprocessing:
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image we accept; the message is the reason recorded for the item."""
+
+
+@dataclass
+class PreparedImages:
+    """A list of photos decoded and preprocessed, ready for the backbone.
+
+    ``pixels``: (len(ok), 3, crop, crop) float32 for the slots in ``ok``, on the model's device or
+    in (pinned, for a GPU) host memory; ``colour``: (n, COLOUR_DIM), zero rows where no image;
+    ``errors``: per slot a reason (``"no image"`` for None) or None."""
+
+    pixels: torch.Tensor | None
+    colour: np.ndarray
+    ok: list[int]
+    errors: list[str | None]
 
 
 def default_weights_path() -> Path:
@@ -100,7 +122,10 @@ class ImageEncoder:
         decode_threads: int = 4,
         max_image_bytes: int = 10_000_000,
         max_image_pixels: int = 40_000_000,
+        gpu_decode: bool | None = None,
     ) -> None:
+        """``gpu_decode``: decode JPEGs with torchvision.io on the model's device (None: when it is
+        CUDA; True on the CPU uses torchvision's CPU decoder, which is how it is tested)."""
         import timm
 
         self.arch = arch
@@ -130,6 +155,14 @@ class ImageEncoder:
             T.Normalize(self.pre.mean, self.pre.std),
         ])
         self._pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        use_tensors = self.device.type == "cuda" if gpu_decode is None else gpu_decode
+        self._tensor_decoder = TensorDecoder(
+            self.device, self.pre.resize, self.pre.crop, self.pre.mean, self.pre.std, self.pre.interpolation,
+            Limits(max_image_bytes, max_image_pixels)) if use_tensors else None
+        # CUDA: photos are prepared on a stream of their own, so a stage thread's decode overlaps the
+        # model's forward on the default stream.
+        self._streams: dict[int, torch.cuda.Stream] = {}
+        self._streams_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -184,6 +217,64 @@ class ImageEncoder:
 
         return list(self._pool.map(job, images))
 
+    def _stream(self) -> torch.cuda.Stream:
+        """This thread's side stream on the model's GPU."""
+        key = threading.get_ident()
+        with self._streams_lock:
+            stream = self._streams.get(key)
+            if stream is None:
+                stream = self._streams[key] = torch.cuda.Stream(self.device)
+            return stream
+
+    @torch.inference_mode()
+    def prepare_batch(self, images: list[bytes | None]) -> PreparedImages:
+        """Decode + preprocess ``images`` (GPU decode for JPEGs on CUDA, else PIL on the thread pool).
+        Thread-safe; on CUDA the work is finished (its stream synchronised) when this returns."""
+        if self.device.type != "cuda":
+            return self._prepare_batch(images)
+        stream = self._stream()
+        with torch.cuda.stream(stream):
+            prepared = self._prepare_batch(images)
+        stream.synchronize()  # blocks this (stage) thread only; the tensors are complete
+        return prepared
+
+    def _prepare_batch(self, images: list[bytes | None]) -> PreparedImages:
+        prepared = decode_batch(images, self._tensor_decoder, self.prepare_many)
+        colour = np.zeros((len(images), COLOUR_DIM), dtype=np.float32)
+        errors: list[str | None] = [None] * len(images)
+        ok = []
+        for i, p in enumerate(prepared):
+            if isinstance(p, tuple):
+                ok.append(i)
+                colour[i] = p[1]
+            else:
+                errors[i] = p if isinstance(p, str) else "no image"
+        if not ok:
+            return PreparedImages(None, colour, ok, errors)
+        tensors = [prepared[i][0] for i in ok]  # type: ignore[index]
+        if self.device.type == "cuda":  # PIL-decoded ones: one pinned host batch, one async copy
+            host = [k for k, t in enumerate(tensors) if t.device.type == "cpu"]
+            if host:
+                batch = torch.stack([tensors[k] for k in host]).pin_memory()
+                moved = batch.to(self.device, non_blocking=True)
+                for j, k in enumerate(host):
+                    tensors[k] = moved[j]
+        return PreparedImages(torch.stack(tensors), colour, ok, errors)
+
+    def embed(self, prepared: PreparedImages) -> tuple[np.ndarray, list[str | None]]:
+        """Backbone forward on prepared photos (in chunks of ``batch_size``): (n, dim) float32 with
+        zero rows for failed slots, and the per-slot errors."""
+        out = np.zeros((len(prepared.errors), self.dim), dtype=np.float32)
+        out[:, self.backbone_dim :] = prepared.colour
+        if prepared.pixels is not None:
+            pixels = prepared.pixels
+            if pixels.device.type == "cuda":  # made on a side stream, used (and freed) on this one
+                pixels.record_stream(torch.cuda.current_stream(pixels.device))
+            for s in range(0, len(prepared.ok), self.batch_size):
+                emb = self.embed_prepared(pixels[s : s + self.batch_size])
+                out[prepared.ok[s : s + self.batch_size], : self.backbone_dim] = emb
+        return out, list(prepared.errors)
+
     @torch.inference_mode()
     def embed_prepared(self, pixels: torch.Tensor) -> np.ndarray:
         """Backbone forward on a ready (n, 3, H, W) batch; returns float32 (n, backbone_dim)."""
@@ -206,18 +297,9 @@ class ImageEncoder:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             with watch.stage("decode"):
-                prepared = self.prepare_many(chunk)
-            ok = [i for i, p in enumerate(prepared) if isinstance(p, tuple)]
-            for i, p in enumerate(prepared):
-                if isinstance(p, str):
-                    errors[start + i] = p
-                elif p is None:
-                    errors[start + i] = "no image"
-            if not ok:
-                continue
+                prepared = self.prepare_batch(chunk)
             with watch.stage("encode"):
-                emb = self.embed_prepared(torch.stack([prepared[i][0] for i in ok]))
-            for row, i in enumerate(ok):
-                out[start + i, : self.backbone_dim] = emb[row]
-                out[start + i, self.backbone_dim :] = prepared[i][1]
+                emb, errs = self.embed(prepared)
+            out[start : start + len(chunk)] = emb
+            errors[start : start + len(chunk)] = errs
         return out, errors

@@ -18,7 +18,7 @@ from shared.ml.consistency import Consistency
 from shared.ml.evidence import Evidence, alone_axes, input_evidence, trusted_axes
 from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
-from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing
+from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing, PreparedImages
 from shared.ml.labels import Axis
 from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import EncodersSpec
@@ -202,29 +202,41 @@ class Tagger:
         return input_evidence(self.head, self.axes, text, text_mask, image, image_mask, self.device,
                               self.trusted, self.alone, *lex)
 
-    def features(self, items: list[Item], watch: Stopwatch | None = None) -> tuple[np.ndarray, ...]:
-        """Text and image features; ``watch`` gets "decode" (photos) and "encode" (both encoders)."""
+    def features(self, items: list[Item], watch: Stopwatch | None = None,
+                 images: PreparedImages | None = None) -> tuple[np.ndarray, ...]:
+        """Text and image features; ``watch`` gets "decode" (photos) and "encode" (both encoders).
+        ``images``: the items' photos already prepared (:meth:`ImageEncoder.prepare_batch`, e.g. on a
+        stage thread while the previous sub-batch ran); then only the backbone runs here."""
         watch = watch or Stopwatch()
         texts = [it.text or "" for it in items]
         with watch.stage("encode"):
             tx, tm = text_features(self.text_encoder, texts, self.cache)
-        images = [it.image for it in items]
+        photos = [it.image for it in items]
         ix, im = np.zeros((len(items), self.image_encoder.dim), np.float32), np.zeros(len(items), bool)
         errors: list[str | None] = [None] * len(items)
-        if any(images):
-            ix, errs = self.image_encoder.encode(images, watch)
-            im = np.array([e is None for e in errs])
-            errors = [e if images[k] is not None else None for k, e in enumerate(errs)]
+        if images is not None:
+            if len(images.errors) != len(items):
+                raise ValueError(f"{len(images.errors)} prepared photos for {len(items)} items")
+            with watch.stage("encode"):
+                ix, errs = self.image_encoder.embed(images)
+        elif any(photos):
+            ix, errs = self.image_encoder.encode(photos, watch)
+        else:
+            return tx, tm, ix, im, errors
+        im = np.array([e is None for e in errs])
+        errors = [e if photos[k] is not None else None for k, e in enumerate(errs)]
         return tx, tm, ix, im, errors
 
-    def predict(self, items: list[Item], top_k: int = 3, watch: Stopwatch | None = None) -> list[Prediction]:
+    def predict(self, items: list[Item], top_k: int = 3, watch: Stopwatch | None = None,
+                images: PreparedImages | None = None) -> list[Prediction]:
         """Tags for each item. An item with a broken image is tagged from its text (and the
         reason kept in ``image_error``); one with neither gets ``error`` and no tags. ``watch``
-        gets the seconds of "decode", "encode" and "head" (fusion head, calibration, ranking)."""
+        gets the seconds of "decode", "encode" and "head" (fusion head, calibration, ranking).
+        ``images``: the items' photos already prepared (see :meth:`features`)."""
         if not items:
             return []
         watch = watch or Stopwatch()
-        tx, tm, ix, im, errors = self.features(items, watch)
+        tx, tm, ix, im, errors = self.features(items, watch, images)
         with watch.stage("encode"):
             lex = self.lexical([it.text or "" for it in items])
         with watch.stage("head"):
