@@ -21,8 +21,6 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.errors import Forbidden, Unauthorized
 from api.state import get_state
@@ -31,6 +29,9 @@ from shared.db.session import session_scope
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer tg_<id>_<secret>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: tg_<id>_<secret>")
+
+
+_cache_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -42,30 +43,15 @@ class Principal:
     role: str
 
 
-class KeyCacheSettings(BaseSettings):
-    """The verified-key cache's knobs (env prefix ``TAGGER_API_``, like :class:`api.config.ApiSettings`)."""
-
-    model_config = SettingsConfigDict(env_prefix="TAGGER_API_", extra="ignore")
-
-    key_cache_ttl_s: float = Field(
-        5.0, ge=0, description="Seconds an API process trusts a key it verified without asking the "
-        "database again; also the longest time a revoked key keeps working. 0: every request asks.",
-    )
-    key_cache_size: int = Field(1024, ge=1, description="Most verified keys an API process caches.")
-
-
-_cache_lock = threading.Lock()
-
-
 def key_cache(app: FastAPI) -> KeyCache[Principal]:
-    """The app's cache of verified keys, made on first use from :class:`KeyCacheSettings` (one per
-    app, so tests can run several apps with their own databases)."""
+    """The app's cache of verified keys, made on first use from its :class:`api.config.ApiSettings`
+    (one per app, so tests can run several apps with their own databases and TTLs)."""
     cache: KeyCache[Principal] | None = getattr(app.state, "api_key_cache", None)
     if cache is None:
         with _cache_lock:
             cache = getattr(app.state, "api_key_cache", None)
             if cache is None:
-                knobs = KeyCacheSettings()
+                knobs = app.state.tagger.api
                 cache = app.state.api_key_cache = KeyCache(knobs.key_cache_ttl_s, knobs.key_cache_size)
     return cache
 

@@ -18,3 +18,8 @@ class ApiSettings(BaseSettings):
     readiness_timeout_s: float = Field(
         1.0, gt=0, description="How long /readyz waits for the broker before calling it down."
     )
+    key_cache_ttl_s: float = Field(
+        5.0, ge=0, description="Seconds an API process trusts a key it verified without asking the "
+        "database again; also the longest time a revoked key keeps working. 0: every request asks.",
+    )
+    key_cache_size: int = Field(1024, ge=1, description="Most verified keys an API process caches.")

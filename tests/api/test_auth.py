@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import pytest
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.auth import key_cache
 from shared.apikeys import revoke, verify
+from shared.config import Settings
 from shared.db.session import session_scope
-from tests.api.conftest import event
+from tests.api.conftest import LIMITS, event
+
+
+@contextmanager
+def _client_with_ttl(app_settings: Settings, ttl_s: float) -> Iterator[TestClient]:
+    with TestClient(create_app(app_settings, LIMITS.model_copy(update={"key_cache_ttl_s": ttl_s}))) as c:
+        yield c
 
 
 def test_missing_key_is_401(client: TestClient) -> None:
@@ -36,12 +45,15 @@ def _revoke(db_url: str, token: str) -> None:
         revoke(session, key.id)
 
 
-def test_revoked_key_is_401_within_the_cache_ttl(client: TestClient, tokens: dict[str, str], db_url: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_revoked_key_is_401_within_the_cache_ttl(app_settings: Settings, tokens: dict[str, str],
+                                                  db_url: str) -> None:
     """A revoked key is refused once its cache entry is older than TAGGER_API_KEY_CACHE_TTL_S (real
     Postgres, the revocation committed by another session, as ``tagger keys revoke`` does)."""
-    monkeypatch.setenv("TAGGER_API_KEY_CACHE_TTL_S", "1.0")  # read when the app's cache is first made
-    token = tokens["producer"]
+    with _client_with_ttl(app_settings, 1.0) as client:
+        _revoked_within_ttl(client, tokens["producer"], db_url)
+
+
+def _revoked_within_ttl(client: TestClient, token: str, db_url: str) -> None:
     ok = client.post("/v1/events", json=event(1), headers={"X-API-Key": token})
     assert ok.status_code == 202, ok.text
     assert key_cache(client.app).ttl_s == 1.0
@@ -57,15 +69,15 @@ def test_revoked_key_is_401_within_the_cache_ttl(client: TestClient, tokens: dic
     assert response.json()["detail"] == "invalid or revoked API key"
 
 
-def test_revoked_key_is_401_at_once_without_cache(client: TestClient, tokens: dict[str, str], db_url: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TAGGER_API_KEY_CACHE_TTL_S", "0")
+def test_revoked_key_is_401_at_once_without_cache(app_settings: Settings, tokens: dict[str, str],
+                                                   db_url: str) -> None:
     token = tokens["producer"]
-    ok = client.post("/v1/events", json=event(1), headers={"X-API-Key": token})
-    assert ok.status_code == 202, ok.text
-    _revoke(db_url, token)
-    response = client.post("/v1/events", json=event(2), headers={"X-API-Key": token})
-    assert response.status_code == 401
+    with _client_with_ttl(app_settings, 0) as client:
+        ok = client.post("/v1/events", json=event(1), headers={"X-API-Key": token})
+        assert ok.status_code == 202, ok.text
+        _revoke(db_url, token)
+        response = client.post("/v1/events", json=event(2), headers={"X-API-Key": token})
+        assert response.status_code == 401
 
 
 def test_cache_keeps_only_verified_keys_by_hash(client: TestClient, tokens: dict[str, str]) -> None:
