@@ -111,7 +111,8 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "--validation-fraction", "min_value_count": "--min-value-count", "calibration_folds":
           "--calibration-folds", "confidence": "--confidence", "target_precision":
           "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs",
-          "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim"}
+          "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
+          "near_duplicate_similarity": "--near-duplicate-similarity"}
 
 
 def _warn(message: str) -> None:
@@ -183,6 +184,10 @@ def train(
         "buckets, a third input of the head beside title embedding and photo; 0: off.")] = LEXICAL_BUCKETS,
     lexical_dim: Annotated[int, typer.Option(
         help="Width of the lexical channel's bucket embeddings (stored float16).")] = 32,
+    near_duplicate_similarity: Annotated[float, typer.Option(
+        help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
+        "every split and fold, like exact copies; for catalogues that photograph one item many "
+        "times. 0: exact copies only.")] = 0.0,
     holdout: Annotated[Path | None, typer.Option(
         help="File of record ids, one per line: the validation part (e.g. a catalogue's official "
         "test split) instead of a random grouped share.")] = None,
@@ -215,6 +220,7 @@ def train(
                       target_precision=target_precision, calibration_folds=calibration_folds,
                       confidence=confidence, validation_fraction=validation_fraction,
                       calibration_fraction=calibration_fraction, min_value_count=min_value_count,
+                      near_duplicate_similarity=near_duplicate_similarity,
                       head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed,
                                            label_smoothing=label_smoothing,
                                            class_weight_power=class_weight_power,

@@ -86,3 +86,64 @@ def grouped_folds(groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
         fold[members[g]] = f
         sizes[f] += len(members[g])
     return fold
+
+
+def near_duplicate_pairs(
+    vectors: np.ndarray, mask: np.ndarray, threshold: float, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows whose cosine similarity is at least ``threshold``, and that similarity.
+
+    Photos of one physical item taken a moment apart never have the same bytes, yet a model scores
+    one of them as if it had seen the other; rows without a vector (``mask`` false) pair with nothing.
+    """
+    idx = np.nonzero(mask)[0]
+    if len(idx) < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    v = vectors[idx].astype(np.float32)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    ii, jj, ss = [], [], []
+    for s in range(0, len(idx), chunk):
+        sims = v[s : s + chunk] @ v.T
+        r, c = np.nonzero(sims >= threshold)
+        keep = c > r + s  # each pair once, never an item with itself
+        ii.append(idx[r[keep] + s])
+        jj.append(idx[c[keep]])
+        ss.append(sims[r[keep], c[keep]])
+    return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss)
+
+
+def merge_near_duplicates(
+    groups: np.ndarray, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], max_group: int
+) -> tuple[np.ndarray, dict[str, int]]:
+    """``groups`` with near-duplicate pairs joined, the most similar pairs first; a join that would
+    make a group larger than ``max_group`` is skipped, so a chain of look-alikes (plain white
+    socks, one shade of apple) cannot swallow a whole part of the split. Returns the new group per
+    item and a log: pairs seen, joins made, joins skipped for size, largest group."""
+    n = len(groups)
+    uf = _UnionFind(n)
+    first: dict[int, int] = {}
+    for i, g in enumerate(groups):  # the exact-duplicate groups, as they were
+        g = int(g)
+        if g in first:
+            uf.union(first[g], i)
+        else:
+            first[g] = i
+    size = np.bincount([uf.find(i) for i in range(n)], minlength=n)
+    joined = skipped = 0
+    i_s, j_s, sims = pairs
+    for k in np.argsort(-sims, kind="stable"):
+        a, b = uf.find(int(i_s[k])), uf.find(int(j_s[k]))
+        if a == b:
+            continue
+        if size[a] + size[b] > max_group:
+            skipped += 1
+            continue
+        uf.union(a, b)
+        root = uf.find(a)
+        size[root] = size[a] + size[b]
+        joined += 1
+    out = np.array([uf.find(i) for i in range(n)])
+    largest = int(np.bincount(out).max()) if n else 0
+    return out, {"pairs": int(len(sims)), "joined": joined, "skipped_for_size": skipped,
+                 "largest_group": largest}

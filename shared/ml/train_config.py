@@ -35,6 +35,10 @@ class TrainConfig:
     lora_r: int = 16
     min_value_count: int = 2  # values rarer than this in training are not learned (reported by name)
     target_precision: float | None = None  # None: the settings' target
+    # Photos whose image embeddings are at least this cosine-similar are one duplicate group for
+    # every split and fold (0: exact duplicates only). Photos of one physical item taken a moment
+    # apart otherwise sit on both sides of a fold and calibration scores them as if seen.
+    near_duplicate_similarity: float = 0.0
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
 
 
@@ -59,6 +63,9 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
         bad["confidence"] = f"must be between 0 and 1 (exclusive), not {cfg.confidence}"
     if cfg.target_precision is not None and not 0 < cfg.target_precision <= 1:
         bad["target_precision"] = f"must be in (0, 1], not {cfg.target_precision}"
+    if not 0 <= cfg.near_duplicate_similarity <= 1:
+        bad["near_duplicate_similarity"] = (f"must be between 0 (off) and 1, not "
+                                            f"{cfg.near_duplicate_similarity}")
     if cfg.text_epochs < 0:
         bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
     if cfg.head.epochs < 1:

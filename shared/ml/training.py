@@ -31,7 +31,7 @@ from shared.ml.labels import Axis, build_axes, targets
 from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
 from shared.ml.novelty import NoveltyGuard, fit_guard
-from shared.ml.split import duplicate_groups, grouped_split
+from shared.ml.split import duplicate_groups, grouped_split, merge_near_duplicates, near_duplicate_pairs
 from shared.ml.text_encoder import TextEncoder
 from shared.ml.text_tuning import tune_text_encoder
 from shared.ml.train_config import TrainConfig, calibration_gaps, config_problems, rare_values
@@ -51,20 +51,40 @@ class Prepared:
     fingerprint: str
     missing_images: int
     groups: np.ndarray | None = None  # duplicate group per record (shared.ml.split)
+    near_duplicates: dict | None = None  # what near-duplicate photo grouping joined (its log)
+
+
+def max_near_duplicate_group(n: int) -> int:
+    """The largest group near-duplicate photos may build among ``n`` photos: one item's shots, not
+    a whole look-alike value (a value grouped whole would leave the served head's training with
+    the calibration part)."""
+    return max(2, min(20, n // 150))
 
 
 def prepare_records(
     name: str, records: list[Record], blobs: list[bytes | None], kinds: dict[str, AxisKind],
-    cfg: TrainConfig, holdout: set[str] | None = None,
+    cfg: TrainConfig, holdout: set[str] | None = None, image_vectors: np.ndarray | None = None,
 ) -> Prepared:
     """Split grouped by duplicates. With ``holdout`` (a frozen evaluation set of record ids) the
     validation part is exactly those records, and every record sharing a duplicate group with
-    one of them is left out of training too, so the evaluation set never leaks into training."""
+    one of them is left out of training too, so the evaluation set never leaks into training.
+
+    ``image_vectors`` (rows of zeros: no photo) join near-duplicate photos into groups when
+    ``cfg.near_duplicate_similarity`` is set; a holdout's photos join nothing (an official test
+    split stays as published, and only exact copies of it are kept out of training)."""
     problems = config_problems(cfg, holdout is not None)
     if problems:
         raise ValueError("; ".join(f"{k}: {v}" for k, v in problems.items()))
     hashes = [content_hash(b) if b else None for b in blobs]
     groups = duplicate_groups([r.text for r in records], hashes)
+    near = None
+    if cfg.near_duplicate_similarity > 0 and image_vectors is not None:
+        usable = np.abs(image_vectors).sum(axis=1) > 0
+        if holdout is not None:
+            usable &= np.array([r.id not in holdout for r in records])
+        pairs = near_duplicate_pairs(image_vectors, usable, cfg.near_duplicate_similarity)
+        groups, near = merge_near_duplicates(groups, pairs, max_near_duplicate_group(int(usable.sum())))
+        near["similarity"] = cfg.near_duplicate_similarity
     if holdout is None:
         parts = grouped_split(
             groups,
@@ -84,12 +104,16 @@ def prepare_records(
     for r, h in zip(records, hashes, strict=True):
         fp.update(json.dumps([r.id, r.text, h, r.labels], sort_keys=True).encode())
     missing = sum(1 for r, b in zip(records, blobs, strict=True) if r.image_ref and b is None)
-    return Prepared(name, records, blobs, kinds, parts, fp.hexdigest(), missing, groups)
+    return Prepared(name, records, blobs, kinds, parts, fp.hexdigest(), missing, groups, near)
 
 
-def prepare(manifest_path: str | Path, cfg: TrainConfig, holdout: set[str] | None = None) -> Prepared:
+def prepare(
+    manifest_path: str | Path, cfg: TrainConfig, holdout: set[str] | None = None,
+    settings: Settings | None = None, show_progress: bool = False,
+) -> Prepared:
     """A manifest's records, split; ``holdout`` (record ids) fixes the validation part, e.g. a
-    catalogue's official test split."""
+    catalogue's official test split. Near-duplicate photo grouping encodes the photos first
+    (through the embedding cache, so training reads them back for free)."""
     manifest = load_manifest(manifest_path)
     records = load_records(manifest)
     if holdout is not None:
@@ -100,7 +124,17 @@ def prepare(manifest_path: str | Path, cfg: TrainConfig, holdout: set[str] | Non
                                 else "holdout: no ids")
     blobs = load_blobs(manifest, records)  # warns when photos it names are missing
     kinds = {name: spec.kind for name, spec in manifest.axes.items()}
-    return prepare_records(manifest.name, records, blobs, kinds, cfg, holdout)
+    vectors = None
+    if cfg.near_duplicate_similarity > 0 and any(blobs):
+        s = settings or get_settings()
+        enc = ImageEncoder.from_settings(s)
+        cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
+        try:
+            ix, _ = image_features(enc, blobs, cache, show_progress)
+        finally:
+            cache.close()
+        vectors = ix[:, :enc.backbone_dim]  # what the photo shows, not its colour histogram
+    return prepare_records(manifest.name, records, blobs, kinds, cfg, holdout, vectors)
 
 
 def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig, axes) -> str:
@@ -205,7 +239,8 @@ def train(
 ) -> dict:
     """Train, calibrate, evaluate and save a model; returns the report stored in its manifest."""
     cfg = cfg or TrainConfig()
-    return train_prepared(prepare(manifest_path, cfg, holdout), out_dir, settings, cfg, show_progress)
+    data = prepare(manifest_path, cfg, holdout, settings, show_progress)
+    return train_prepared(data, out_dir, settings, cfg, show_progress)
 
 
 def train_prepared(
@@ -306,6 +341,7 @@ def train_prepared(
             "dataset": data.name, "fingerprint": data.fingerprint,
             "n": {k: int(len(v)) for k, v in data.parts.items()},
             "missing_images": data.missing_images,
+            "near_duplicates": data.near_duplicates,
             "inputs": inputs,
             # Values some record carries that the model never learnt (too rare in training).
             "dropped_values": rare_values(recs, train_idx, data.kinds, axes),

@@ -20,6 +20,7 @@ def test_config_problems_name_the_field() -> None:
     assert list(bad) == ["validation_fraction"] and "95%" in bad["validation_fraction"]
     assert "calibration_fraction" in config_problems(TrainConfig(calibration_fraction=0))
     assert "min_value_count" in config_problems(TrainConfig(min_value_count=0))
+    assert "near_duplicate_similarity" in config_problems(TrainConfig(near_duplicate_similarity=1.5))
     # With a holdout, the validation share is not drawn from the rows.
     assert config_problems(TrainConfig(validation_fraction=0.5, calibration_fraction=0.3), True) == {}
 
