@@ -6,7 +6,8 @@ backbone itself (published figures: ~8,000 images/s for nvJPEG against ~6,000 fo
 device and applies exactly the transform :class:`~shared.ml.image_encoder.ImageEncoder` applies to
 PIL images (resize, centre crop, scale, normalise), so the model sees the same tensors within float
 tolerance. The colour features are computed from the same small resizes PIL makes, done on the
-device as well (only a 30x40 and a 6x8 thumbnail per image travel back to the host).
+device as well (only a 30x40 and a 6x8 thumbnail per image travel back to the host, for
+:func:`shared.ml.colour.colour_features_from`).
 
 Anything it does not take (not a JPEG, CMYK, a file nvJPEG refuses, corrupt data) is left to the
 caller's PIL path, image by image; the same byte and pixel limits are checked first, from the header.
@@ -26,11 +27,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from shared.ml.colour import THUMB, colour_features
+from shared.ml.colour import SMALL, THUMB, colour_features_from
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-#: The size colour_features first resizes to (width, height); the thumbnail is THUMB.
-COLOUR_SMALL = (30, 40)
 #: JPEG modes the tensor path decodes to RGB the way PIL's ``convert("RGB")`` does (CMYK and
 #: others: PIL, whose conversion is the reference).
 _TENSOR_MODES = frozenset({"RGB", "L"})
@@ -59,26 +58,6 @@ def tensor_candidate(data: bytes, limits: Limits) -> bool:
             return img.format == "JPEG" and img.mode in _TENSOR_MODES and 0 < w * h <= limits.max_pixels
     except Exception:  # noqa: BLE001  (any header PIL refuses: the PIL path says why)
         return False
-
-
-class _Thumbnails:
-    """Stands in for a decoded PIL image inside :func:`shared.ml.colour.colour_features`, which only
-    calls ``convert("RGB")`` and ``resize(size, BILINEAR)``: it answers those resizes with ones made
-    on the device. So the colour maths stays in one place (shared/ml/colour.py)."""
-
-    def __init__(self, sizes: dict[tuple[int, int], Image.Image]) -> None:
-        self._sizes = sizes
-
-    def convert(self, mode: str) -> _Thumbnails:
-        if mode != "RGB":
-            raise ValueError(f"colour_features asked for mode {mode!r}; only RGB is prepared")
-        return self
-
-    def resize(self, size: tuple[int, int], resample: int) -> Image.Image:
-        if resample != Image.BILINEAR or tuple(size) not in self._sizes:
-            raise ValueError(f"colour_features asked for a {size} resize ({resample}) that is not prepared: "
-                             "keep shared/ml/decode.py in step with shared/ml/colour.py")
-        return self._sizes[tuple(size)]
 
 
 def _uint8_resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -144,15 +123,13 @@ class TensorDecoder:
         pixels, smalls, thumbs = [], [], []
         for _, img in ok:
             pixels.append(self._tail(F.resize(img, [self.resize], interpolation=self.mode, antialias=True)))
-            smalls.append(_uint8_resize(img, (COLOUR_SMALL[1], COLOUR_SMALL[0])))
+            smalls.append(_uint8_resize(img, (SMALL[1], SMALL[0])))
             thumbs.append(_uint8_resize(img, (THUMB[1], THUMB[0])))
         # Two small copies back to the host for the colour features, not one per image.
         small_host = torch.stack(smalls).permute(0, 2, 3, 1).cpu().numpy()
         thumb_host = torch.stack(thumbs).permute(0, 2, 3, 1).cpu().numpy()
         for k, (i, _) in enumerate(ok):
-            stand_in = _Thumbnails({COLOUR_SMALL: Image.fromarray(small_host[k], "RGB"),
-                                    THUMB: Image.fromarray(thumb_host[k], "RGB")})
-            slots[i] = (pixels[k], colour_features(stand_in))  # type: ignore[arg-type]
+            slots[i] = (pixels[k], colour_features_from(small_host[k], thumb_host[k]))
         return Decoded(slots)
 
 
