@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     )
     tagging_queue: str = Field("tagging", description="Queue the batched tagging task consumes.")
     batch_size: int = Field(32, ge=1, description="Events per worker batch (celery-batches flush_every).")
+    sub_batch: int = Field(
+        -1, ge=-1, description="Events per sub-batch whose photo fetch + decode overlaps the model's "
+        "previous sub-batch; -1: automatic (a quarter of the batch, at least 16, on a GPU; off on the "
+        "CPU), 0: off.",
+    )
     flush_interval_s: float = Field(
         0.25, gt=0, description="Longest wait before a partial batch runs (flush_interval)."
     )

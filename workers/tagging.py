@@ -77,7 +77,8 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
                          accuracy=RollingAccuracy(s.accuracy_window),
                          switches=SwitchWatcher(s.database_url, s.audit_poll_s))
             rt.watcher = ModelWatcher(rt)
-            use_stages(rt, default_sub_batch(tagger.device, s.batch_size))
+            auto = default_sub_batch(tagger.device, s.batch_size)
+            use_stages(rt, s.sub_batch if s.sub_batch >= 0 else auto)
             rt.watcher.sync_now()  # the registry's live model, if one is registered
             tagger = rt.tagger
             _runtime = rt
