@@ -28,7 +28,46 @@ from shared.ml.dataset import read_ids
 from shared.ml.evaluation import evaluate_probs
 from shared.ml.labels import build_axes, targets
 from shared.ml.split import grouped_folds
-from shared.ml.training import TrainConfig, prepare
+from shared.ml.training import Prepared, TrainConfig, prepare
+
+
+def baseline_report(data: Prepared, calibration_folds: int, cfg: TrainConfig) -> dict:
+    """The baseline fitted on ``data``'s train part, calibrated like the model (out-of-fold over
+    train + calibration with ``calibration_folds`` >= 2, else on the calibration part), scored on
+    its validation part. A catalogue without any title has nothing for it to read: ``axes`` is
+    then None and ``why`` says so."""
+    target = cfg.target_precision or get_settings().target_precision
+    t0 = time.perf_counter()
+    recs, parts = data.records, data.parts
+    report = {"dataset": data.name, "fingerprint": data.fingerprint, "baseline": "tfidf-char1-4+logreg-C10",
+              "n": {k: int(len(v)) for k, v in parts.items()}, "target_precision": target,
+              "calibration_folds": calibration_folds}
+    texts = [r.text for r in recs]
+    if not any(t.strip() for t in texts):
+        return {**report, "axes": None, "why": "no record has a title"}
+    axes = copy.deepcopy(build_axes([recs[i] for i in parts["train"]], data.kinds, cfg.min_value_count))
+    y = {a.name: targets(recs, a) for a in axes}
+    pick = {k: ([texts[i] for i in v], {a.name: y[a.name][v] for a in axes}) for k, v in parts.items()}
+    model = Baseline.fit(axes, *pick["train"], seed=cfg.seed)
+    if calibration_folds >= 2:  # as shared.ml.cross_fit: each fold scored by a fit without it
+        pool = np.sort(np.concatenate([parts["train"], parts["calibration"]]))
+        fold = grouped_folds(data.groups[pool], calibration_folds, cfg.seed)
+        cal = {a.name: np.zeros((len(pool), len(a.values))) for a in axes}
+        for f in tqdm(range(calibration_folds), desc="baseline folds"):
+            fit, held = pool[fold != f], pool[fold == f]
+            m = Baseline.fit(axes, [texts[i] for i in fit], {a.name: y[a.name][fit] for a in axes},
+                             seed=cfg.seed)
+            for name, p in m.probabilities(axes, [texts[i] for i in held]).items():
+                cal[name][fold == f] = p
+        cal_y = {a.name: y[a.name][pool] for a in axes}
+    else:
+        cal, cal_y = model.probabilities(axes, pick["calibration"][0]), pick["calibration"][1]
+    for a in axes:  # logistic regression's probabilities, thresholded by the model's rule
+        fit_thresholds(a, cal[a.name], cal_y[a.name], target, cfg.confidence)
+    report["axes"] = evaluate_probs(axes, model.probabilities(axes, pick["validation"][0]),
+                                    pick["validation"][1])
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
 
 
 def main() -> None:
@@ -42,39 +81,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args()
     cfg = TrainConfig(near_duplicate_similarity=args.near_duplicate_similarity)
-    target = get_settings().target_precision
-    t0 = time.perf_counter()
     # The split tagger train makes: same seed, same groups, same holdout.
     data = prepare(args.dataset, cfg, read_ids(args.holdout) if args.holdout else None)
-    recs, parts = data.records, data.parts
-    axes = copy.deepcopy(build_axes([recs[i] for i in parts["train"]], data.kinds, cfg.min_value_count))
-    y = {a.name: targets(recs, a) for a in axes}
-    texts = [r.text for r in recs]
-    pick = {k: ([texts[i] for i in v], {a.name: y[a.name][v] for a in axes}) for k, v in parts.items()}
-    model = Baseline.fit(axes, *pick["train"], seed=cfg.seed)
-    if args.calibration_folds >= 2:  # as shared.ml.cross_fit: each fold scored by a fit without it
-        pool = np.sort(np.concatenate([parts["train"], parts["calibration"]]))
-        fold = grouped_folds(data.groups[pool], args.calibration_folds, cfg.seed)
-        cal = {a.name: np.zeros((len(pool), len(a.values))) for a in axes}
-        for f in tqdm(range(args.calibration_folds), desc="baseline folds"):
-            fit, held = pool[fold != f], pool[fold == f]
-            m = Baseline.fit(axes, [texts[i] for i in fit], {a.name: y[a.name][fit] for a in axes},
-                             seed=cfg.seed)
-            for name, p in m.probabilities(axes, [texts[i] for i in held]).items():
-                cal[name][fold == f] = p
-        cal_y = {a.name: y[a.name][pool] for a in axes}
-    else:
-        cal, cal_y = model.probabilities(axes, pick["calibration"][0]), pick["calibration"][1]
-    for a in axes:  # logistic regression's probabilities, thresholded by the model's rule
-        fit_thresholds(a, cal[a.name], cal_y[a.name], target, cfg.confidence)
-    report = {
-        "dataset": data.name, "fingerprint": data.fingerprint, "baseline": "tfidf-char1-4+logreg-C10",
-        "n": {k: int(len(v)) for k, v in parts.items()}, "target_precision": target,
-        "calibration_folds": args.calibration_folds,
-        "axes": evaluate_probs(axes, model.probabilities(axes, pick["validation"][0]), pick["validation"][1]),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    text = json.dumps(report, indent=2)
+    text = json.dumps(baseline_report(data, args.calibration_folds, cfg), indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")

@@ -1,0 +1,131 @@
+"""The tagger beside the plain baseline on every catalogue in ``../shared/data``: same rows, same
+split, same auto rule (target precision with its 95% lower bound on cross-fitted scores).
+
+For each catalogue it trains the model as ``tagger train`` would with that catalogue's recipe
+(below: the options docs/MODEL.md gives for it), fits the baseline (TF-IDF character 1-4-grams +
+logistic regression, ``bench/baseline.py``) on the same training part, and scores both on the same
+held-out part, never trained or tuned on. Prints a markdown table for docs/MODEL.md and writes
+every report as JSON. Not a test. Usage:
+    python -m bench.catalogues [--data ../shared/data] [--only grocery-store ...] \\
+        [--out runs/catalogues] [--baseline-folds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bench.baseline import baseline_report
+from shared.ml.dataset import load_manifest
+from shared.ml.evaluation import headline
+from shared.ml.head_training import HeadTrainConfig
+from shared.ml.train_config import TrainConfig
+from shared.ml.training import prepare, train_prepared
+
+LEXICAL = 65536  # tagger train's default lexical channel
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a catalogue is trained here, and what its held-out part is."""
+
+    cfg: TrainConfig = field(default_factory=lambda: TrainConfig(
+        head=HeadTrainConfig(lexical_buckets=LEXICAL)))
+    official_split: str | None = None  # a column naming the official split: its "test" is held out
+    note: str = ""
+
+
+RECIPES = {
+    "fashion-small": Recipe(
+        TrainConfig(finetune_text=False, head=HeadTrainConfig(
+            label_smoothing=0.0, class_weight_power=0.0, lexical_buckets=LEXICAL)),
+        note="the shipped model's recipe plus the lexical channel"),
+    "grocery-store": Recipe(
+        TrainConfig(finetune_text=False, near_duplicate_similarity=0.80,
+                    head=HeadTrainConfig(lexical_buckets=LEXICAL)),
+        official_split="split", note="photos only; the official test split held out"),
+    "product1m-zh-dev": Recipe(
+        TrainConfig(finetune_text=False, head=HeadTrainConfig(lexical_buckets=LEXICAL)),
+        note="Chinese titles only"),
+}
+
+
+def official_test_ids(manifest_path: Path, column: str) -> set[str]:
+    """Ids of the rows whose ``column`` says ``test``."""
+    m = load_manifest(manifest_path)
+    with (m.base_dir / m.table).open(newline="", encoding="utf-8") as f:
+        return {row[m.id] for row in csv.DictReader(f) if row.get(column) == "test"}
+
+
+def _num(v: float | int | None) -> str:
+    return "—" if v is None else f"{v:.3f}".lstrip("0")
+
+
+def _cell(m: dict | None, key: str) -> str:
+    return _num(None if m is None else m.get(key))
+
+
+def _auto(m: dict | None) -> str:
+    if m is None or m.get("auto_precision") is None:
+        return "—"
+    return f"{_cell(m, 'auto_precision')} ({_cell(m, 'auto_precision_lower')})"
+
+
+def table(results: list[dict]) -> str:
+    """One markdown row per catalogue and axis: model / baseline accuracy (micro-F1 for
+    multi-label), auto precision (its 95% lower bound on the held-out part) and auto coverage."""
+    lines = ["| catalogue | axis | n | accuracy or micro-F1: model / baseline | auto precision (bound): "
+             "model / baseline | auto coverage: model / baseline |", "|---|---|---:|---|---|---|"]
+    for r in results:
+        model = r["model"]["metrics"]["modalities"]["both"]
+        base = r["baseline"]["axes"] or {}
+        for axis, m in model.items():
+            if not isinstance(m, dict) or "n" not in m:
+                continue
+            b = base.get(axis)
+            mh, bh = headline(m), headline(b) if b else None
+            win = "**" if bh is None or (mh is not None and mh >= bh) else ""
+            lines.append(
+                f"| {r['catalogue']} | {axis} | {m['n']} | {win}{_num(mh)}{win} / {_num(bh)} | "
+                f"{_auto(m)} / {_auto(b)} | {_cell(m, 'auto_coverage')} / {_cell(b, 'auto_coverage')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                    help="folder of catalogues, each with a dataset.yaml (default: ../shared/data)")
+    ap.add_argument("--only", nargs="*", default=None, help="catalogue names to run (default: all)")
+    ap.add_argument("--out", type=Path, default=Path("runs/catalogues"), help="models and reports go here")
+    ap.add_argument("--baseline-folds", type=int, default=5,
+                    help="the baseline's calibration folds (the model's are its recipe's, 5)")
+    args = ap.parse_args()
+    manifests = sorted(p for p in args.data.glob("*/dataset.yaml")
+                       if args.only is None or p.parent.name in args.only)
+    if not manifests:
+        raise SystemExit(f"--data: no */dataset.yaml under {args.data}"
+                         + (f" named {args.only}" if args.only else ""))
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in manifests:
+        name = path.parent.name
+        recipe = RECIPES.get(name, Recipe(note="tagger train's defaults"))
+        t0 = time.perf_counter()
+        holdout = official_test_ids(path, recipe.official_split) if recipe.official_split else None
+        cfg = replace(recipe.cfg)
+        print(f"== {name}: {recipe.note or 'recipe'}", flush=True)
+        data = prepare(path, cfg, holdout, show_progress=True)
+        model = train_prepared(data, args.out / name, cfg=cfg, show_progress=True)
+        base = baseline_report(data, args.baseline_folds, cfg)
+        results.append({"catalogue": name, "note": recipe.note, "model": model, "baseline": base,
+                        "seconds": round(time.perf_counter() - t0, 1)})
+        (args.out / f"{name}.json").write_text(json.dumps(results[-1], indent=2, ensure_ascii=False) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
