@@ -16,7 +16,7 @@ import argparse
 import csv
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench.baseline import baseline_report
@@ -95,12 +95,32 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _reusable(model_dir: Path, fingerprint: str, cfg: TrainConfig) -> dict | None:
+    """The model already in ``model_dir`` when it was trained on these very records with this
+    recipe (a run interrupted after its training, or a training run by hand), else None."""
+    path = model_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    trained = manifest.get("training", {})
+    stored, want = trained.get("config") or {}, json.loads(json.dumps(asdict(cfg)))
+    default = json.loads(json.dumps(asdict(TrainConfig())))
+    # A key newer than the model was trained with its default then.
+    same = all(stored.get(k, default.get(k)) == v for k, v in want.items())
+    if trained.get("fingerprint") != fingerprint or not same:
+        return None
+    print(f"   reusing {manifest['version']} from {model_dir}", flush=True)
+    return manifest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
                     help="folder of catalogues, each with a dataset.yaml (default: ../shared/data)")
     ap.add_argument("--only", nargs="*", default=None, help="catalogue names to run (default: all)")
     ap.add_argument("--out", type=Path, default=Path("runs/catalogues"), help="models and reports go here")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep a model already under --out trained on the same records and recipe")
     ap.add_argument("--baseline-folds", type=int, default=5,
                     help="the baseline's calibration folds (the model's are its recipe's, 5)")
     args = ap.parse_args()
@@ -119,7 +139,9 @@ def main() -> None:
         cfg = replace(recipe.cfg)
         print(f"== {name}: {recipe.note or 'recipe'}", flush=True)
         data = prepare(path, cfg, holdout, show_progress=True)
-        model = train_prepared(data, args.out / name, cfg=cfg, show_progress=True)
+        model = _reusable(args.out / name, data.fingerprint, cfg) if args.reuse else None
+        if model is None:
+            model = train_prepared(data, args.out / name, cfg=cfg, show_progress=True)
         base = baseline_report(data, args.baseline_folds, cfg)
         results.append({"catalogue": name, "note": recipe.note, "model": model, "baseline": base,
                         "seconds": round(time.perf_counter() - t0, 1)})
