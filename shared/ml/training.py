@@ -32,9 +32,17 @@ from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
 from shared.ml.novelty import NoveltyGuard, fit_guard
 from shared.ml.split import duplicate_groups, grouped_split, merge_near_duplicates, near_duplicate_pairs
-from shared.ml.text_encoder import TextEncoder
+from shared.ml.text_encoder import TextEncoder, build_text_encoder
+from shared.ml.text_encoder_use import UseTextEncoder
 from shared.ml.text_tuning import tune_text_encoder
-from shared.ml.train_config import TrainConfig, calibration_gaps, config_problems, rare_values
+from shared.ml.train_config import (
+    LORA_TUNABLE,
+    TrainConfig,
+    calibration_gaps,
+    config_problems,
+    rare_values,
+    text_encoder_choice,
+)
 
 MODALITIES = ("text", "image", "both")
 
@@ -52,6 +60,7 @@ class Prepared:
     missing_images: int
     groups: np.ndarray | None = None  # duplicate group per record (shared.ml.split)
     near_duplicates: dict | None = None  # what near-duplicate photo grouping joined (its log)
+    text_encoder: str | None = None  # the dataset manifest's choice (shared.ml.train_config)
 
 
 def max_near_duplicate_group(n: int) -> int:
@@ -134,7 +143,9 @@ def prepare(
         finally:
             cache.close()
         vectors = ix[:, :enc.backbone_dim]  # what the photo shows, not its colour histogram
-    return prepare_records(manifest.name, records, blobs, kinds, cfg, holdout, vectors)
+    data = prepare_records(manifest.name, records, blobs, kinds, cfg, holdout, vectors)
+    data.text_encoder = manifest.text_encoder
+    return data
 
 
 def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig, axes) -> str:
@@ -151,19 +162,21 @@ def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig
 def tuned_text_encoder(
     settings: Settings, texts: list[str], y: dict, axes: list[Axis], cfg: TrainConfig,
     show_progress: bool,
-) -> tuple[TextEncoder, dict[str, torch.Tensor] | None]:
-    """The text encoder, LoRA-tuned on the training part; tuned adapters are cached by their
-    inputs, so re-running the same training does not tune again."""
-    enc = TextEncoder.from_settings(settings, include_base=cfg.text_include_base)
-    if not cfg.finetune_text:
+) -> tuple[TextEncoder | UseTextEncoder, dict[str, torch.Tensor] | None]:
+    """The text encoder ``cfg.text_encoder`` (None: the settings'), LoRA-tuned on the training
+    part if it can be; tuned adapters are cached by their inputs, so re-running the same training
+    does not tune again."""
+    kind = cfg.text_encoder or settings.text_encoder
+    enc = build_text_encoder(kind, settings, include_base=cfg.text_include_base)
+    if not cfg.finetune_text or kind not in LORA_TUNABLE:
         return enc, None
     lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r}
     path = settings.cache_dir / "adapters" / (
         _adapter_cache_key(enc.base_id, texts, y, cfg, axes) + ".safetensors")
     if path.is_file():
         state = load_file(str(path))
-        enc = TextEncoder.from_settings(settings, adapter=state, lora=lora,
-                                        include_base=cfg.text_include_base)
+        enc = build_text_encoder(kind, settings, adapter=state, lora=lora,
+                                 include_base=cfg.text_include_base)
         return enc, state
     state = tune_text_encoder(enc, texts, y, axes, epochs=cfg.text_epochs, lr=cfg.text_lr,
                               seed=cfg.seed, lora=lora, show_progress=show_progress)
@@ -219,7 +232,7 @@ def calibration_scores(
 
 def _validation_report(head: FusionHead, axes: list[Axis], f: Features, y: dict[str, np.ndarray],
                        device: torch.device, guard: NoveltyGuard, consistency: Consistency,
-                       texts: list[str], text_enc: TextEncoder, modality: str,
+                       texts: list[str], text_enc: TextEncoder | UseTextEncoder, modality: str,
                        disagreement: dict) -> dict:
     """The validation metrics of what the product would apply: abstaining out of domain and
     decoding auto tags jointly, as the predictor does (shared.ml.evaluation)."""
@@ -250,6 +263,13 @@ def train_prepared(
     """Train on already split data (a manifest's, or labels from the database)."""
     s = settings or get_settings()
     cfg = cfg or TrainConfig()
+    # The text encoder: the run's option, else the dataset manifest's, else the setting. One
+    # without a LoRA path trains frozen (said in the report) rather than refusing the default.
+    kind, chosen_by = text_encoder_choice(cfg.text_encoder, data.text_encoder, s.text_encoder)
+    text_choice = {"kind": kind, "chosen_by": chosen_by}
+    if cfg.finetune_text and kind not in LORA_TUNABLE:
+        text_choice["note"] = f"{kind} cannot be LoRA-tuned: trained with the text encoder frozen"
+    cfg = replace(cfg, text_encoder=kind, finetune_text=cfg.finetune_text and kind in LORA_TUNABLE)
     target = cfg.target_precision or s.target_precision
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
@@ -325,9 +345,9 @@ def train_prepared(
         "version": version,
         "created_at": created.isoformat(timespec="seconds"),
         "encoders": {
-            "text": {"base_id": text_enc.base_id, "id": text_enc.encoder_id,
+            "text": {"kind": text_enc.kind, "base_id": text_enc.base_id, "id": text_enc.encoder_id,
                      "name": text_enc.name, "dim": text_enc.dim, "max_length": text_enc.max_length,
-                     "pooling": "mean", "normalise": True,
+                     "pooling": text_enc.pooling, "normalise": True,
                      "lora": text_enc.lora if adapter is not None else None,
                      "include_base": text_enc.dual},
             "image": {"id": image_enc.encoder_id, "arch": image_enc.arch,
@@ -342,6 +362,7 @@ def train_prepared(
             "n": {k: int(len(v)) for k, v in data.parts.items()},
             "missing_images": data.missing_images,
             "near_duplicates": data.near_duplicates,
+            "text_encoder": text_choice,
             "inputs": inputs,
             # Values some record carries that the model never learnt (too rare in training).
             "dropped_values": rare_values(recs, train_idx, data.kinds, axes),
