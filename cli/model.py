@@ -115,6 +115,7 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "--validation-fraction", "min_value_count": "--min-value-count", "calibration_folds":
           "--calibration-folds", "confidence": "--confidence", "target_precision":
           "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs",
+          "head_min_steps": "--head-min-steps",
           "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
           "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder"}
 
@@ -165,6 +166,13 @@ def train(
         "TAGGER_TEXT_ENCODER.", show_default=False)] = None,
     fusion: Fusion = Fusion.gated,
     head_epochs: int = 40,
+    head_min_steps: Annotated[int, typer.Option(
+        help="Small catalogues: the head trains for at least this many optimiser steps (its "
+        "epochs and patience scale up, at most 10x); 0: exactly --head-epochs.")] = 2000,
+    relative_stop: Annotated[bool, typer.Option(
+        "--relative-stop/--no-relative-stop",
+        help="Stop the head on each axis's validation loss relative to its first epoch, so a "
+        "slow-learning axis (many rare values) counts as much as a quick one.")] = True,
     target_precision: Annotated[float | None, typer.Option(
         help="Precision whose lower confidence bound an auto tag must reach on calibration "
         "scores (default: settings, 0.98).")
@@ -234,7 +242,8 @@ def train(
                                            label_smoothing=label_smoothing,
                                            class_weight_power=class_weight_power,
                                            lexical_buckets=lexical_buckets,
-                                           lexical_dim=lexical_dim))
+                                           lexical_dim=lexical_dim, min_steps=head_min_steps,
+                                           relative_stop=relative_stop))
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))

@@ -56,6 +56,13 @@ class HeadTrainConfig:
     dropout: float = 0.2
     epochs: int = 40
     patience: int = 6
+    # Small catalogues: at least this many optimiser steps (epochs and patience scale up, at most
+    # 10x). 40 epochs of 1,700 items are 280 steps, far too few for a 200-value multi-label axis
+    # (product1m-zh-dev: products micro-F1 .486 at 40 epochs, .82 at ~200; docs/MODEL.md). 0: off.
+    min_steps: int = 0
+    # Early stopping on the sum of each axis's validation loss relative to its first epoch, so an
+    # axis that learns slowly (many rare values) weighs as much as one that is learnt at once.
+    relative_stop: bool = False
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -79,19 +86,23 @@ def _class_weights(axis: Axis, y: np.ndarray, power: float) -> torch.Tensor | No
 
 
 def _loss(axes, logits, ys, weights, smoothing):
-    total = 0.0
+    return sum(_axis_losses(axes, logits, ys, weights, smoothing).values(), 0.0)
+
+
+def _axis_losses(axes, logits, ys, weights, smoothing) -> dict:
+    total = {}
     for a in axes:
         y = ys[a.name]
         lg = logits[a.name]
         if a.kind == "single":
             keep = y >= 0
             if keep.any():
-                total = total + nn.functional.cross_entropy(
+                total[a.name] = nn.functional.cross_entropy(
                     lg[keep], y[keep], weight=weights[a.name], label_smoothing=smoothing)
         else:
             keep = (y >= 0).all(-1)
             if keep.any():
-                total = total + nn.functional.binary_cross_entropy_with_logits(lg[keep], y[keep])
+                total[a.name] = nn.functional.binary_cross_entropy_with_logits(lg[keep], y[keep])
     return total
 
 
@@ -128,6 +139,15 @@ def _dropped(inputs: tuple[torch.Tensor, ...], rng: np.random.Generator, p: floa
     return t, tm, im, imm, ids, counts * (~lex_off).float().unsqueeze(-1)
 
 
+def scaled_schedule(cfg: HeadTrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """Epochs and patience for a training part of ``steps_per_epoch`` batches: ``cfg``'s, scaled
+    up (at most 10x) until ``cfg.min_steps`` optimiser steps fit."""
+    if cfg.min_steps <= 0 or steps_per_epoch * cfg.epochs >= cfg.min_steps:
+        return cfg.epochs, cfg.patience
+    epochs = min(10 * cfg.epochs, -(-cfg.min_steps // max(1, steps_per_epoch)))
+    return epochs, max(cfg.patience, round(cfg.patience * epochs / cfg.epochs))
+
+
 def train_head(
     axes: list[Axis],
     train: Features, y_train: dict[str, np.ndarray],
@@ -157,14 +177,17 @@ def train_head(
                         else None) for a in axes}
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train.text)
-    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    epochs, patience = scaled_schedule(cfg, per_epoch)
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
                                                 pct_start=0.05)
     best, best_loss, bad, log = None, float("inf"), 0, []
+    first: dict[str, float] | None = None
     all_val = np.arange(len(val.text))
     yv = _targets_tensor(axes, y_val, all_val, device)
-    bar = progress(cfg.epochs, f"train head ({cfg.fusion})", show_progress, unit="epoch")
-    for epoch in range(cfg.epochs):
+    bar = progress(epochs, f"train head ({cfg.fusion})", show_progress, unit="epoch")
+    for epoch in range(epochs):
         head.train()
         order = rng.permutation(n)
         for s in range(0, n, cfg.batch_size):
@@ -178,7 +201,13 @@ def train_head(
             sched.step()
         head.eval()
         with torch.no_grad():
-            vl = float(_loss(axes, head(*val.tensors(all_val, device)), yv, weights, 0.0))
+            per = {k: float(v) for k, v in _axis_losses(axes, head(*val.tensors(all_val, device)), yv,
+                                                        weights, 0.0).items()}
+        if cfg.relative_stop:
+            first = first or per
+            vl = sum(v / max(first[k], 1e-9) for k, v in per.items())
+        else:
+            vl = sum(per.values())
         log.append({"epoch": epoch + 1, "val_loss": round(vl, 4)})
         bar.set_postfix(val_loss=f"{vl:.4f}")
         bar.update(1)
@@ -186,7 +215,7 @@ def train_head(
             best_loss, best, bad = vl, copy.deepcopy(head.state_dict()), 0
         else:
             bad += 1
-            if bad >= cfg.patience:
+            if bad >= patience:
                 break
     bar.close()
     head.load_state_dict(best)

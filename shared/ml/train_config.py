@@ -89,6 +89,8 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
         bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
     if cfg.head.epochs < 1:
         bad["head_epochs"] = f"must be at least 1, not {cfg.head.epochs}"
+    if cfg.head.min_steps < 0:
+        bad["head_min_steps"] = f"must be 0 or more, not {cfg.head.min_steps}"
     if cfg.head.lexical_buckets < 0 or cfg.head.lexical_buckets == 1:
         bad["lexical_buckets"] = f"must be 0 (off) or at least 2, not {cfg.head.lexical_buckets}"
     if cfg.head.lexical_dim < 1:

@@ -184,3 +184,15 @@ def test_third_party_noise_is_quiet_but_ours_is_not() -> None:
         warnings.warn("ours", FutureWarning, stacklevel=1)  # from this module: still shown
         warnings.warn_explicit("a shared one", UserWarning, "z.py", 1, module="shared.ml.x")
     assert [str(w.message) for w in seen] == ["ours", "a shared one"]
+
+
+def test_small_catalogues_train_for_enough_steps() -> None:
+    """40 epochs of a few hundred items are a few hundred optimiser steps: the schedule scales up
+    (at most 10x, patience alike) until min_steps fit, and leaves large catalogues alone."""
+    from shared.ml.head_training import HeadTrainConfig, scaled_schedule
+
+    cfg = HeadTrainConfig(epochs=40, patience=6, min_steps=2000)
+    assert scaled_schedule(cfg, steps_per_epoch=117) == (40, 6)  # fashion-small: 4,680 steps
+    assert scaled_schedule(cfg, steps_per_epoch=7) == (286, 43)  # product1m-zh-dev: 1,704 items
+    assert scaled_schedule(cfg, steps_per_epoch=1) == (400, 60)  # capped at 10x
+    assert scaled_schedule(HeadTrainConfig(epochs=40, patience=6), 1) == (40, 6)  # 0: off

