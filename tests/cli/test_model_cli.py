@@ -11,6 +11,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from cli import model as cli_model
+from cli import model_report as cli_report
 from tests.cli.root import root_with
 
 app = root_with(cli_model.register)
@@ -98,7 +99,7 @@ def test_metrics_table_fits_80_columns() -> None:
     axes = ["gender", "masterCategory", "subCategory", "articleType", "baseColour"]
     by = {m: {a: _metrics() for a in axes} for m in ("text", "image", "both")}
     console = Console(width=80, record=True, color_system=None)
-    console.print(cli_model.metrics_table("fashion-small-20260101000000-abcdef — validation", by))
+    console.print(cli_report.metrics_table("fashion-small-20260101000000-abcdef — validation", by))
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     for a in axes:
@@ -109,7 +110,7 @@ def test_metrics_table_fits_80_columns() -> None:
 def test_a_text_only_report_has_no_image_column() -> None:
     console = Console(width=80, record=True, color_system=None)
     by = {"text": {"brand": _metrics()}, "both": {"brand": _metrics()}}
-    console.print(cli_model.metrics_table("m", by))
+    console.print(cli_report.metrics_table("m", by))
     assert "image" not in console.export_text()
 
 
@@ -120,7 +121,7 @@ def test_training_warnings_name_rare_and_uncalibrated_values() -> None:
         "calibration": {"gaps": {
             "brand": {"auto_values": 0, "values": 3, "needed": 149, "too_few": ["AHC", "兰蔻"],
                       "not_precise": ["sk2"]}}}}}
-    lines = cli_model._training_warnings(manifest)
+    lines = cli_report.training_warnings(manifest)
     assert any("brand: 2 values seen fewer than 2 times" in ln and "Acme (1), Zed (0)" in ln
                for ln in lines)
     assert any("brand: cannot be calibrated" in ln for ln in lines)
