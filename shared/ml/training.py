@@ -61,6 +61,8 @@ class Prepared:
     groups: np.ndarray | None = None  # duplicate group per record (shared.ml.split)
     near_duplicates: dict | None = None  # what near-duplicate photo grouping joined (its log)
     text_encoder: str | None = None  # the dataset manifest's choice (shared.ml.train_config)
+    # (features, mask) of the photos when splitting already encoded them (near-duplicate grouping)
+    image_features: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def max_near_duplicate_group(n: int) -> int:
@@ -133,18 +135,19 @@ def prepare(
                                 else "holdout: no ids")
     blobs = load_blobs(manifest, records)  # warns when photos it names are missing
     kinds = {name: spec.kind for name, spec in manifest.axes.items()}
-    vectors = None
+    vectors, feats = None, None
     if cfg.near_duplicate_similarity > 0 and any(blobs):
         s = settings or get_settings()
         enc = ImageEncoder.from_settings(s)
         cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
         try:
-            ix, _ = image_features(enc, blobs, cache, show_progress)
+            feats = image_features(enc, blobs, cache, show_progress)
         finally:
             cache.close()
-        vectors = ix[:, :enc.backbone_dim]  # what the photo shows, not its colour histogram
+        vectors = feats[0][:, :enc.backbone_dim]  # what the photo shows, not its colour histogram
     data = prepare_records(manifest.name, records, blobs, kinds, cfg, holdout, vectors)
     data.text_encoder = manifest.text_encoder
+    data.image_features = feats  # training uses them as they are: no second pass over the photos
     return data
 
 
@@ -282,7 +285,7 @@ def train_prepared(
 
     t0 = time.perf_counter()
     image_enc = ImageEncoder.from_settings(s)
-    ix, im = image_features(image_enc, data.blobs, cache, show_progress)
+    ix, im = data.image_features or image_features(image_enc, data.blobs, cache, show_progress)
     timings["image_features_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
