@@ -24,7 +24,9 @@ has waited half the interval (the timer ticks twice per interval): the longest w
 celery-batches also acks every request of a batch when the batch returns, even when it raised.
 Here a batch reports the requests it could neither write, re-enqueue nor dead-letter (the broker
 and the database both down) under :data:`UNACKED`; those, and every request of a batch that
-raised, are rejected with requeue instead of acked, so the broker keeps them.
+raised, are rejected with requeue instead of acked, so the broker keeps them. The others are acked
+together (:func:`workers.acks.acknowledge_all`: one Redis pipeline for the whole batch instead of
+one per request), on the consumer thread like every Celery ack.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from shared.metrics import count_outcomes
+from workers.acks import acknowledge_all
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,8 @@ class ReliableBatches(Batches):
         self._first_at: float | None = None  # when the oldest request now buffered arrived
         handler = super().Strategy(task, app, consumer)
         timer = consumer.timer
+        # Acks run on the consumer thread, as Celery's own do (Request.acknowledge defers to it).
+        self._ack = lambda requests: consumer.call_soon(acknowledge_all, requests)
 
         def on_message(*args: Any, **kwargs: Any) -> None:
             if self._buffer.empty():
@@ -152,6 +157,7 @@ class ReliableBatches(Batches):
     def flush(self, requests: Collection[Any]) -> Any:
         """Run the batch in the pool; ack after it returns, except what it could not hand off."""
         requests = list(requests)
+        ack = getattr(self, "_ack", acknowledge_all)  # set by Strategy (a worker's consumer)
         early = [r for r in requests if not r.task.acks_late]
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
 
@@ -159,8 +165,8 @@ class ReliableBatches(Batches):
 
         def on_accepted(pid: int, time_accepted: float) -> None:
             started[0] = time()
-            for req in early:
-                req.acknowledge()
+            if early:
+                ack(early)
             send_started(requests)
 
         def on_return(result: Any) -> None:
@@ -173,8 +179,9 @@ class ReliableBatches(Batches):
                     # Back to the queue now when the broker is up; when it is not, the message stays
                     # in Redis's unacked set and comes back after the visibility timeout.
                     req.reject(requeue=True)
-                else:
-                    req.acknowledge()
+            done = [req for req in requests if req.id not in keep]
+            if done:
+                ack(done)
 
         return self._pool.apply_async(
             apply_batches_task, (self, serializable, 0, None),
