@@ -23,6 +23,11 @@ per thread, so the pool threads' batches are in it, merged) and writes pstats to
 ``TAGGER_BENCH_NO_TASK_EVENTS=1``: an experiment for the consumer side (issue 13, point 3), not a
 setting: the worker sends no task events (``worker_send_task_events=False``; production sends them
 for Flower and the outcome metrics).
+
+``TAGGER_BENCH_REUSE_REDIS_CLIENT=1``: an experiment, not a setting: kombu's Redis channel builds a
+new redis-py client (its ~170 response callbacks copied into a ``CaseInsensitiveDict``) for every
+``QoS.append`` pipeline, every ack and every event publish; here each channel reuses one client
+(:func:`reuse_redis_client`), to measure what that costs the consumer.
 """
 
 from __future__ import annotations
@@ -96,6 +101,26 @@ def install() -> None:
     Tagger.load = classmethod(lambda cls, *a, **k: NullTagger.load(*a, **k))  # type: ignore[method-assign]
 
 
+def reuse_redis_client() -> None:
+    """Every ``conn_or_acquire()`` of a kombu Redis channel returns one client per channel (a redis-py
+    client is thread-safe: each command or pipeline takes its own connection from the pool)."""
+    from contextlib import contextmanager
+
+    from kombu.transport import redis as kombu_redis
+
+    @contextmanager
+    def conn_or_acquire(self: Any, client: Any = None) -> Any:
+        if client:
+            yield client
+            return
+        reused = self.__dict__.get("_bench_client")
+        if reused is None:
+            reused = self.__dict__["_bench_client"] = self._create_client()
+        yield reused
+
+    kombu_redis.Channel.conn_or_acquire = conn_or_acquire
+
+
 def main() -> None:
     from celery.__main__ import main as celery_main
 
@@ -104,6 +129,8 @@ def main() -> None:
         from workers.app import app
 
         app.conf.worker_send_task_events = False
+    if os.environ.get("TAGGER_BENCH_REUSE_REDIS_CLIENT") == "1":
+        reuse_redis_client()
     sys.argv = ["celery", *sys.argv[1:]]
     path = os.environ.get("TAGGER_BENCH_PROFILE")
     if path:

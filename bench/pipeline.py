@@ -170,7 +170,7 @@ def measure_model(products: list[Product], batch: int, settings: Settings, strea
             ix[rows, : enc.backbone_dim] = enc.embed_prepared(pixels)
             ix[rows, enc.backbone_dim :] = colours
             im[rows] = True
-        tagger.probabilities(tx, tm, ix, im, lexical=tagger.lexical(texts))
+        tagger.probabilities(tx, tm, ix, im, lexical=tagger.lexical(texts), offsets=tagger.offsets(texts))
 
     items = [Item(p.text, p.image) for p in products]
     batches = [items[start : start + batch] for start in range(0, len(items), batch)]
@@ -224,6 +224,10 @@ class WorkerProcess:
 
     def start(self, timeout: float) -> None:
         """Start it and wait until the model is loaded, the consumer ready and every pool thread warm."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, *self.entry, "-A", "workers.app", "worker", "-Q", QUEUE,
@@ -231,6 +235,8 @@ class WorkerProcess:
                  "--loglevel=INFO", "-n", f"{self.name}@%h"],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
+
+    def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
@@ -322,7 +328,7 @@ def make_events(products: list[Product], uris: dict[str, str | None], tag: str) 
     ]
 
 
-def wait_all_tagged(url: str, n: int, worker: WorkerProcess, timeout: float, poll_s: float) -> float:
+def wait_all_tagged(url: str, n: int, workers: list[WorkerProcess], timeout: float, poll_s: float) -> float:
     """Poll tagging_events until all ``n`` rows are tagged; returns the wall time it saw that."""
     import sqlalchemy as sa
 
@@ -342,10 +348,12 @@ def wait_all_tagged(url: str, n: int, worker: WorkerProcess, timeout: float, pol
                 stuck_since = (stuck_since or time.monotonic()) if settled else None
                 if dead or counts.get("dead") or (stuck_since and time.monotonic() - stuck_since > 30):
                     raise RuntimeError(f"not every event was tagged: {counts}, dead_letters={dead}\n"
-                                       f"{worker.tail()}")
-                worker.check_alive()
+                                       f"{workers[0].tail()}")
+                for worker in workers:
+                    worker.check_alive()
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out after {timeout:.0f}s: {counts} of {n}\n{worker.tail()}")
+                    raise RuntimeError(f"timed out after {timeout:.0f}s: {counts} of {n}\n"
+                                       f"{workers[0].tail()}")
                 time.sleep(poll_s)
     finally:
         engine.dispose()
@@ -366,7 +374,8 @@ def finished_times(url: str) -> dict[str, float]:
 
 def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: argparse.Namespace,
                  workdir: Path, concurrency: int = 1) -> RunResult:
-    """Fresh Redis db and database, a ready worker, one burst of events, wait for every commit."""
+    """Fresh Redis db and database, ``--workers`` ready worker processes (each ``-c concurrency``),
+    one burst of events, wait for every commit."""
     reset_redis(args.redis)
     recreate_database(args.postgres)
     env = {
@@ -378,18 +387,29 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
         env["TAGGER_BENCH_PROFILE"] = str(args.profile.resolve())
     if getattr(args, "no_task_events", False):
         env["TAGGER_BENCH_NO_TASK_EVENTS"] = "1"
+    if getattr(args, "reuse_redis_client", False):
+        env["TAGGER_BENCH_REUSE_REDIS_CLIENT"] = "1"
     logs = args.logs or workdir
     logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"worker-{label}.log"
-    log_path.unlink(missing_ok=True)
-    worker = WorkerProcess(f"bench-{label}-{os.getpid()}", env, log_path, concurrency, args.null_model)
+    n_workers = getattr(args, "workers", 1)
+    workers = []
+    for i in range(n_workers):
+        suffix = f"-{i + 1}" if n_workers > 1 else ""
+        log_path = logs / f"worker-{label}{suffix}.log"
+        log_path.unlink(missing_ok=True)
+        workers.append(WorkerProcess(f"bench-{label}{suffix}-{os.getpid()}", env, log_path, concurrency,
+                                     args.null_model))
     try:
-        worker.start(args.ready_timeout)
+        for w in workers:  # all loading at once, then wait for each
+            w.launch()
+        for w in workers:
+            w.wait_ready(args.ready_timeout)
         stamps = publish_burst(args.redis, events, args.publishers, args.publish_chunk)
-        done = wait_all_tagged(args.postgres, len(events), worker, args.timeout, args.poll)
-        batches = worker.batches()
+        done = wait_all_tagged(args.postgres, len(events), workers, args.timeout, args.poll)
+        batches = [b for w in workers for b in w.batches()]
     finally:
-        worker.stop()
+        for w in workers:
+            w.stop()
     finished = finished_times(args.postgres)
     first, last = min(stamps.values()), max(stamps.values())
     lat = [(finished[e.event_id] - stamps[e.event_id]) * 1000 for e in events]
@@ -441,13 +461,21 @@ def main() -> None:
                     help="with --null-model: run the worker under cProfile, pstats to this file")
     ap.add_argument("--no-task-events", action="store_true",
                     help="with --null-model: an experiment, the worker sends no Celery task events")
+    ap.add_argument("--reuse-redis-client", action="store_true",
+                    help="with --null-model: an experiment, kombu's Redis channel reuses one redis-py "
+                         "client instead of building one per command (bench.null_worker)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes, each with its own connection, consumer and -c threads "
+                         "(total concurrency: workers x c)")
     ap.add_argument("--skip-unbatched", action="store_true",
                     help="no run (c) (one task per event): a shorter run, e.g. bench/gpu.sh")
     args = ap.parse_args()
-    if (args.profile or args.no_task_events) and not args.null_model:
-        ap.error("--profile and --no-task-events need --null-model")
-    if args.n < 1 or args.concurrency < 0 or args.torch_threads < 0:
-        ap.error("--n must be at least 1, --concurrency and --torch-threads at least 0")
+    if (args.profile or args.no_task_events or args.reuse_redis_client) and not args.null_model:
+        ap.error("--profile, --no-task-events and --reuse-redis-client need --null-model")
+    if args.n < 1 or args.concurrency < 0 or args.torch_threads < 0 or args.workers < 1:
+        ap.error("--n and --workers must be at least 1, --concurrency and --torch-threads at least 0")
+    if args.profile and args.workers > 1:
+        ap.error("--profile profiles one worker process: use --workers 1")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -520,10 +548,14 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
     write_ms = sum(b[2] for b in r.batches) / n_batched if n_batched else float("nan")
     load = sp.run(["uptime"], capture_output=True, text=True).stdout.strip()
     events = "no task events (experiment)" if args.no_task_events else "task events on"
+    if args.reuse_redis_client:
+        events += ", one redis-py client per channel (experiment)"
     print(f"products: {args.n} from {manifest}, text only; NULL model (bench.null_worker), {events}; "
-          f"{args.concurrency} worker thread(s); {os.cpu_count()} CPUs; load: {load}")
+          f"{args.workers} worker process(es) x {args.concurrency} thread(s) = concurrency "
+          f"{args.workers * args.concurrency}; {os.cpu_count()} CPUs; load: {load}")
     print(f"settings: batch {batch}, flush_interval {settings.flush_interval_s}s, prefetch "
-          f"{2 * batch * args.concurrency}, publishers {args.publishers} x chunk {args.publish_chunk}, "
+          f"{2 * batch * args.concurrency} per process, publishers {args.publishers} x chunk "
+          f"{args.publish_chunk}, "
           f"redis {args.redis}, postgres {args.postgres}")
     print(describe_batches(r))
     print(f"null-model plumbing: {r.rate:.1f} events/s, write {write_ms:.2f} ms/event (worker's "
