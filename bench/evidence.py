@@ -36,8 +36,8 @@ def _split(tagger: Tagger, dataset: str):
     return data
 
 
-def measure(tagger: Tagger, tx, tm, ix, im, y, lexical=None) -> dict:
-    probs = tagger.probabilities(tx, tm, ix, im, lexical=lexical)
+def measure(tagger: Tagger, tx, tm, ix, im, y, lexical=None, offsets=None) -> dict:
+    probs = tagger.probabilities(tx, tm, ix, im, lexical=lexical, offsets=offsets)
     ev = tagger.evidence(tx, tm, ix, im, lexical=lexical)
     found, held = ev.disagreements(), ev.held()
     out = {}
@@ -78,13 +78,14 @@ def main() -> None:
     blobs = [data.blobs[i] for i, b in zip(val, both, strict=True) if b]
     tx, tm = text_features(tagger.text_encoder, [r.text for r in recs], tagger.cache)
     lex = tagger.lexical([r.text for r in recs])  # the n-grams of a model with the lexical channel
+    off = tagger.offsets([r.text for r in recs])  # the text experts' scores of a model with them
     ix, im = image_features(tagger.image_encoder, blobs, tagger.cache)
     y = {a.name: targets(recs, a) for a in tagger.axes if a.kind == "single"}
     swap = np.random.default_rng(0).permutation(len(recs))
     swap = np.where(swap == np.arange(len(recs)), (swap + 1) % len(recs), swap)
     report = {"model": tagger.version, "n": len(recs),
-              "clean": measure(tagger, tx, tm, ix, im, y, lex),
-              "wrong_photo": measure(tagger, tx, tm, ix[swap], im[swap], y, lex)}
+              "clean": measure(tagger, tx, tm, ix, im, y, lex, off),
+              "wrong_photo": measure(tagger, tx, tm, ix[swap], im[swap], y, lex, off)}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

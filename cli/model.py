@@ -95,6 +95,10 @@ def train(
         "buckets, a third input of the head beside title embedding and photo; 0: off.")] = LEXICAL_BUCKETS,
     lexical_dim: Annotated[int, typer.Option(
         help="Width of the lexical channel's bucket embeddings (stored float16).")] = 32,
+    text_experts: Annotated[bool, typer.Option(
+        help="Add the baseline's per-axis logistic regressions on the title's character n-grams "
+        "to the head's logits, weighted per axis on the calibration part (costs 1 + "
+        "--calibration-folds regression fits; docs/MODEL.md, \"Text experts\").")] = False,
     near_duplicate_similarity: Annotated[float, typer.Option(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "
@@ -131,7 +135,7 @@ def train(
                       target_precision=target_precision, calibration_folds=calibration_folds,
                       confidence=confidence, validation_fraction=validation_fraction,
                       calibration_fraction=calibration_fraction, min_value_count=min_value_count,
-                      near_duplicate_similarity=near_duplicate_similarity,
+                      near_duplicate_similarity=near_duplicate_similarity, text_experts=text_experts,
                       text_encoder=text_encoder.value if text_encoder else None,
                       head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed,
                                            label_smoothing=label_smoothing,

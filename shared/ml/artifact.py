@@ -1,5 +1,6 @@
 """Model artifacts: ``manifest.json`` + ``head.safetensors`` (+ ``text_adapter.safetensors``)
-(+ ``novelty.safetensors``, the novelty guard's centroids: :mod:`shared.ml.novelty`).
+(+ ``novelty.safetensors``, the novelty guard's centroids: :mod:`shared.ml.novelty`)
+(+ ``experts.safetensors``, the text experts' vocabulary and coefficients: :mod:`shared.ml.experts`).
 
 Never pickle: weights are safetensors, everything else is JSON. The manifest's names, format and
 schema live in the torch-free :mod:`shared.ml.manifest`; this module adds the weights.
@@ -21,22 +22,25 @@ from safetensors.torch import load_file, save_file
 from shared.errors import ArtifactError
 from shared.ml.manifest import ADAPTER, FORMAT, HEAD, MANIFEST, parse_manifest, read_manifest
 
-__all__ = ["ADAPTER", "FORMAT", "HEAD", "MANIFEST", "NOVELTY", "Artifact", "load_artifact",
+__all__ = ["ADAPTER", "EXPERTS", "FORMAT", "HEAD", "MANIFEST", "NOVELTY", "Artifact", "load_artifact",
            "save_artifact"]
 
 NOVELTY = "novelty.safetensors"  # optional: models trained before the guard have none
+EXPERTS = "experts.safetensors"  # optional: only models trained with text experts
 
 
 @dataclass
 class Artifact:
     """A model in memory: the manifest's JSON document (checked by shared.ml.manifest on load and
     before saving) and the weights it names. ``novelty`` (numpy: the guard is torch-free) goes
-    with the manifest's ``novelty`` key; both or neither."""
+    with the manifest's ``novelty`` key; both or neither. ``experts`` (numpy) likewise goes with
+    the ``experts`` key."""
 
     manifest: dict
     head: dict[str, torch.Tensor]
     adapter: dict[str, torch.Tensor] | None
     novelty: dict[str, np.ndarray] | None = None
+    experts: dict[str, np.ndarray] | None = None
 
     @property
     def version(self) -> str:
@@ -48,17 +52,22 @@ def save_artifact(out_dir: str | Path, artifact: Artifact) -> Path:
     lexical tables, which the trainer rounds to and stores in fp16 (``FusionHead.export_state``).
     The manifest is checked against the schema first: nothing is written for one no reader accepts."""
     out = Path(out_dir)
-    files = [HEAD] + [ADAPTER] * (artifact.adapter is not None) + [NOVELTY] * (artifact.novelty is not None)
+    files = ([HEAD] + [ADAPTER] * (artifact.adapter is not None) + [NOVELTY] * (artifact.novelty is not None)
+             + [EXPERTS] * (artifact.experts is not None))
     manifest = {**artifact.manifest, "format": FORMAT, "files": files}
     parse_manifest(manifest, str(out / MANIFEST))  # never write what no reader would accept
     if (artifact.novelty is None) != (manifest.get("novelty") is None):
         raise ArtifactError(f"{out / MANIFEST}: the 'novelty' key and {NOVELTY} go together")
+    if (artifact.experts is None) != (manifest.get("experts") is None):
+        raise ArtifactError(f"{out / MANIFEST}: the 'experts' key and {EXPERTS} go together")
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in artifact.head.items()}, str(out / HEAD))
     if artifact.adapter is not None:
         save_file({k: v.contiguous() for k, v in artifact.adapter.items()}, str(out / ADAPTER))
     if artifact.novelty is not None:
         save_arrays({k: np.ascontiguousarray(v) for k, v in artifact.novelty.items()}, str(out / NOVELTY))
+    if artifact.experts is not None:
+        save_arrays({k: np.ascontiguousarray(v) for k, v in artifact.experts.items()}, str(out / EXPERTS))
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return out
 
@@ -70,7 +79,10 @@ def load_artifact(model_dir: str | Path) -> Artifact:
     head = _load(d / HEAD)
     adapter = _load(d / ADAPTER) if spec.has_adapter else None
     novelty = _load(d / NOVELTY, load_arrays) if NOVELTY in spec.files else None
-    return Artifact(manifest=spec.to_json(), head=head, adapter=adapter, novelty=novelty)
+    experts = _load(d / EXPERTS, load_arrays) if EXPERTS in spec.files else None
+    if (experts is None) != (spec.to_json().get("experts") is None):
+        raise ArtifactError(f"{d / MANIFEST}: the 'experts' key and {EXPERTS} go together")
+    return Artifact(manifest=spec.to_json(), head=head, adapter=adapter, novelty=novelty, experts=experts)
 
 
 def _load(path: Path, reader=load_file) -> dict:

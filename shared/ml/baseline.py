@@ -20,6 +20,11 @@ from shared.ml.labels import Axis
 MAX_FEATURES = 200_000  # bounds memory on large catalogues; far above what small ones produce
 
 
+def vectoriser(**options) -> TfidfVectorizer:
+    """The baseline's n-grams and weighting (also the model's text experts': :mod:`shared.ml.experts`)."""
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, **options)
+
+
 @dataclass
 class Baseline:
     """One vectoriser shared by the axes, one logistic regression per axis (per value for multi-label)."""
@@ -31,8 +36,7 @@ class Baseline:
     def fit(cls, axes: list[Axis], texts: list[str], y: dict[str, np.ndarray], c: float = 10.0,
             seed: int = 0) -> Baseline:
         """Fit on the training part's texts and targets (``shared.ml.labels.targets``)."""
-        vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True,
-                              min_df=2 if len(texts) >= 1000 else 1, max_features=MAX_FEATURES)
+        vec = vectoriser(min_df=2 if len(texts) >= 1000 else 1, max_features=MAX_FEATURES)
         x = vec.fit_transform(texts)
         models: dict[str, list[LogisticRegression | None] | LogisticRegression | None] = {}
         for a in axes:

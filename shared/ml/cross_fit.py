@@ -32,14 +32,18 @@ BATCH = 4096  # items per scoring pass
 
 
 def head_logits(head, f: Features, device: torch.device) -> dict[str, np.ndarray]:
-    """Raw logits per axis for every item of ``f`` (in batches: a fold may be large)."""
+    """Raw logits per axis for every item of ``f`` (in batches: a fold may be large), with the
+    text experts' offsets added where ``f`` has them (shared.ml.experts)."""
     parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for s in range(0, len(f.text), BATCH):
             out = head(*f.tensors(np.arange(s, min(s + BATCH, len(f.text))), device))
             for name, lg in out.items():
                 parts.setdefault(name, []).append(lg.float().cpu().numpy())
-    return {name: np.concatenate(v) for name, v in parts.items()}
+    logits = {name: np.concatenate(v) for name, v in parts.items()}
+    for name, off in (f.offsets or {}).items():
+        logits[name] = logits[name] + off
+    return logits
 
 
 def cross_fit_logits(

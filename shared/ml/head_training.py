@@ -18,7 +18,9 @@ from shared.ml.progress import progress
 @dataclass
 class Features:
     """Model inputs for a set of items (row-aligned). ``lex_ids``/``lex_counts``: the texts'
-    hashed character n-grams (shared.ml.lexical), only for a head with the lexical channel."""
+    hashed character n-grams (shared.ml.lexical), only for a head with the lexical channel.
+    ``offsets``: per axis, what the text experts add to the head's logits (shared.ml.experts),
+    only for a model with them; not a head input (the head trains without them)."""
 
     text: np.ndarray
     text_mask: np.ndarray
@@ -26,13 +28,15 @@ class Features:
     image_mask: np.ndarray
     lex_ids: np.ndarray | None = None
     lex_counts: np.ndarray | None = None
+    offsets: dict[str, np.ndarray] | None = None
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
         base = (self.text, self.text_mask, self.image, self.image_mask)
         return base if self.lex_ids is None else (*base, self.lex_ids, self.lex_counts)
 
     def take(self, idx: np.ndarray) -> Features:
-        return Features(*(a[idx] for a in self._arrays()))
+        offsets = None if self.offsets is None else {k: v[idx] for k, v in self.offsets.items()}
+        return Features(*(a[idx] for a in self._arrays()), offsets=offsets)
 
     def only(self, modality: str) -> Features:
         """The same items as the model sees them with one modality missing (the title's n-grams
@@ -40,7 +44,7 @@ class Features:
         if modality == "text":
             return replace(self, image_mask=np.zeros_like(self.image_mask))
         if modality == "image":
-            return replace(self, text_mask=np.zeros_like(self.text_mask),
+            return replace(self, text_mask=np.zeros_like(self.text_mask), offsets=None,
                            lex_counts=None if self.lex_counts is None else np.zeros_like(self.lex_counts))
         return self
 

@@ -98,6 +98,7 @@ class ModelManifest(_Spec):
     novelty: dict[str, Any] | None = None  # shared.ml.novelty's limits; None: no abstention guard
     consistency: dict[str, Any] | None = None  # shared.ml.consistency's pairs; None: none checked
     disagreement: dict[str, Any] | None = None  # shared.ml.evidence.fit_trust; None: never checked
+    experts: dict[str, Any] | None = None  # shared.ml.experts' weights; None: no text experts
     format: int = FORMAT
     files: list[str] = Field(default_factory=lambda: [HEAD])
 

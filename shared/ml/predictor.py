@@ -16,6 +16,7 @@ from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import probabilities
 from shared.ml.consistency import Consistency
 from shared.ml.evidence import Evidence, alone_axes, input_evidence, trusted_axes
+from shared.ml.experts import TextExperts
 from shared.ml.features import text_features
 from shared.ml.head import FusionHead, HeadConfig
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing, PreparedImages
@@ -134,6 +135,10 @@ class Tagger:
         self.alone = alone_axes(self.manifest.get("disagreement"))
         # The lexical channel (shared.ml.lexical): 0 buckets for models without it.
         self.lexical_buckets: int = self.head.cfg.lexical_buckets
+        # The text experts (shared.ml.experts): None for models without them.
+        doc = self.manifest.get("experts")
+        self.experts = (TextExperts.from_artifact(doc, artifact.experts)
+                        if doc is not None and artifact.experts is not None else None)
 
     def _guard(self) -> NoveltyGuard | None:
         """The artifact's novelty guard; older artifacts have none, and then nothing abstains."""
@@ -174,14 +179,24 @@ class Tagger:
                              "lexical=tagger.lexical(texts) with the features")
         return lexical
 
+    def offsets(self, texts: list[str]) -> dict[str, np.ndarray] | None:
+        """What the text experts add to the head's logits, for a model with them (None without).
+        Pass them to :meth:`probabilities`; an empty title (a photo-only item) gets none."""
+        return None if self.experts is None else self.experts.offsets(texts)
+
     @torch.inference_mode()
     def probabilities(
         self, text: np.ndarray, text_mask: np.ndarray, image: np.ndarray, image_mask: np.ndarray,
         batch_size: int = 2048, lexical: tuple[np.ndarray, np.ndarray] | None = None,
+        offsets: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """Calibrated per-axis probabilities for ready-made features (and, for a model with the
-        lexical channel, ``lexical``: the texts' n-grams from :meth:`lexical`)."""
+        lexical channel, ``lexical``: the texts' n-grams from :meth:`lexical`; for one with text
+        experts, ``offsets`` from :meth:`offsets`)."""
         lex = self._lexical_arrays(lexical)
+        if self.experts is not None and offsets is None:
+            raise ValueError(f"model {self.version} adds its text experts' scores: pass "
+                             "offsets=tagger.offsets(texts) with the features")
         out: dict[str, list[np.ndarray]] = {a.name: [] for a in self.axes}
         for s in range(0, len(text), batch_size):
             sl = slice(s, s + batch_size)
@@ -189,11 +204,11 @@ class Tagger:
                                  for a in (text, text_mask, image, image_mask, *lex)))
             for a in self.axes:
                 out[a.name].append(logits[a.name].float().cpu().numpy())
-        return {
-            a.name: probabilities(a, np.concatenate(out[a.name]))
-            if out[a.name] else np.zeros((0, len(a.values)))
-            for a in self.axes
-        }
+        logits = {a.name: np.concatenate(out[a.name]) if out[a.name] else np.zeros((0, len(a.values)))
+                  for a in self.axes}
+        if self.experts is not None:
+            logits = {name: lg + offsets[name] for name, lg in logits.items()}
+        return {a.name: probabilities(a, logits[a.name]) for a in self.axes}
 
     def evidence(self, text: np.ndarray, text_mask: np.ndarray, image: np.ndarray,
                  image_mask: np.ndarray, lexical: tuple[np.ndarray, np.ndarray] | None = None,
@@ -239,12 +254,14 @@ class Tagger:
             return []
         watch = watch or Stopwatch()
         tx, tm, ix, im, errors = self.features(items, watch, images)
+        texts = [it.text or "" for it in items]
         with watch.stage("encode"):
-            lex = self.lexical([it.text or "" for it in items])
+            lex = self.lexical(texts)
+            offsets = self.offsets(texts)
         with watch.stage("head"):
-            preds = self._rank(items, self.probabilities(tx, tm, ix, im, lexical=lex), tm, im,
-                               errors, top_k, self.evidence(tx, tm, ix, im, lex))
-            return self._abstain(preds, self.novelty([it.text or "" for it in items], tx, tm, ix, im))
+            probs = self.probabilities(tx, tm, ix, im, lexical=lex, offsets=offsets)
+            preds = self._rank(items, probs, tm, im, errors, top_k, self.evidence(tx, tm, ix, im, lex))
+            return self._abstain(preds, self.novelty(texts, tx, tm, ix, im))
 
     def novelty(self, texts: list[str], tx: np.ndarray, tm: np.ndarray, ix: np.ndarray,
                 im: np.ndarray) -> NoveltyScores | None:

@@ -45,7 +45,8 @@ def evaluate_records(
     lex = tagger.lexical(texts)  # None for a model without the lexical channel
     f = Features(tx, tm, ix, im, *(lex or (None, None))).only(modality)
     lex = None if f.lex_ids is None else (f.lex_ids, f.lex_counts)
-    probs = tagger.probabilities(f.text, f.text_mask, f.image, f.image_mask, lexical=lex)
+    probs = tagger.probabilities(f.text, f.text_mask, f.image, f.image_mask, lexical=lex,
+                                 offsets=tagger.offsets(texts))  # "" titles (image only) get none
     y = {a.name: targets(records, a) for a in shared_axes}
     # What the product applies: out-of-domain items abstain, as in the predictor.
     novelty = tagger.novelty(texts, f.text, f.text_mask, f.image, f.image_mask)

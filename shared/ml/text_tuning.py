@@ -7,15 +7,21 @@ per copy would just teach the encoder to flip a coin.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from shared.config import Settings
 from shared.ml.labels import Axis
 from shared.ml.progress import progress
-from shared.ml.text_encoder import TextEncoder
+from shared.ml.text_encoder import TextEncoder, build_text_encoder
+from shared.ml.text_encoder_use import UseTextEncoder
+from shared.ml.train_config import LORA_TUNABLE, TrainConfig
 
 
 def soft_targets(
@@ -103,3 +109,40 @@ def tune_text_encoder(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return encoder.finish_training()
+
+
+def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig, axes) -> str:
+    h = hashlib.sha256(base_id.encode())
+    h.update(json.dumps([cfg.seed, cfg.text_epochs, cfg.text_lr, cfg.lora_r,
+                         [(a.name, a.values) for a in axes]]).encode())
+    for t in texts:
+        h.update(t.encode())
+    for a in axes:
+        h.update(np.ascontiguousarray(y[a.name]).tobytes())
+    return h.hexdigest()[:20]
+
+
+def tuned_text_encoder(
+    settings: Settings, texts: list[str], y: dict, axes: list[Axis], cfg: TrainConfig,
+    show_progress: bool,
+) -> tuple[TextEncoder | UseTextEncoder, dict[str, torch.Tensor] | None]:
+    """The text encoder ``cfg.text_encoder`` (None: the settings'), LoRA-tuned on the training
+    part if it can be; tuned adapters are cached by their inputs, so re-running the same training
+    does not tune again."""
+    kind = cfg.text_encoder or settings.text_encoder
+    enc = build_text_encoder(kind, settings, include_base=cfg.text_include_base)
+    if not cfg.finetune_text or kind not in LORA_TUNABLE:
+        return enc, None
+    lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r}
+    path = settings.cache_dir / "adapters" / (
+        _adapter_cache_key(enc.base_id, texts, y, cfg, axes) + ".safetensors")
+    if path.is_file():
+        state = load_file(str(path))
+        enc = build_text_encoder(kind, settings, adapter=state, lora=lora,
+                                 include_base=cfg.text_include_base)
+        return enc, state
+    state = tune_text_encoder(enc, texts, y, axes, epochs=cfg.text_epochs, lr=cfg.text_lr,
+                              seed=cfg.seed, lora=lora, show_progress=show_progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return enc, state

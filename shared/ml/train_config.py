@@ -43,6 +43,9 @@ class TrainConfig:
     # The text encoder (shared.config.TEXT_ENCODERS); None: the dataset manifest's, else the
     # settings' (text_encoder_choice). One that cannot be LoRA-tuned trains frozen.
     text_encoder: str | None = None
+    # Text experts (shared.ml.experts): the baseline's per-axis logistic regressions on the title's
+    # character n-grams, fitted with the head (and per calibration fold) and added to its logits.
+    text_experts: bool = False
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
 
 

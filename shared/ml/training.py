@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from shared.config import Settings, get_settings
 from shared.errors import ManifestError
@@ -23,6 +22,7 @@ from shared.ml.cross_fit import cross_fit_logits, head_logits
 from shared.ml.dataset import AxisKind, Record, content_hash, load_blobs, load_manifest, load_records
 from shared.ml.evaluation import evaluate_probs
 from shared.ml.evidence import alone_axes, fit_trust, input_evidence, trusted_axes
+from shared.ml.experts import TextExperts
 from shared.ml.features import image_features, text_features
 from shared.ml.head import FusionHead
 from shared.ml.head_training import Features, train_head
@@ -32,9 +32,9 @@ from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
 from shared.ml.novelty import NoveltyGuard, fit_guard
 from shared.ml.split import duplicate_groups, grouped_split, merge_near_duplicates, near_duplicate_pairs
-from shared.ml.text_encoder import TextEncoder, build_text_encoder
+from shared.ml.text_encoder import TextEncoder
 from shared.ml.text_encoder_use import UseTextEncoder
-from shared.ml.text_tuning import tune_text_encoder
+from shared.ml.text_tuning import tuned_text_encoder
 from shared.ml.train_config import (
     LORA_TUNABLE,
     TrainConfig,
@@ -151,52 +151,16 @@ def prepare(
     return data
 
 
-def _adapter_cache_key(base_id: str, texts: list[str], y: dict, cfg: TrainConfig, axes) -> str:
-    h = hashlib.sha256(base_id.encode())
-    h.update(json.dumps([cfg.seed, cfg.text_epochs, cfg.text_lr, cfg.lora_r,
-                         [(a.name, a.values) for a in axes]]).encode())
-    for t in texts:
-        h.update(t.encode())
-    for a in axes:
-        h.update(np.ascontiguousarray(y[a.name]).tobytes())
-    return h.hexdigest()[:20]
-
-
-def tuned_text_encoder(
-    settings: Settings, texts: list[str], y: dict, axes: list[Axis], cfg: TrainConfig,
-    show_progress: bool,
-) -> tuple[TextEncoder | UseTextEncoder, dict[str, torch.Tensor] | None]:
-    """The text encoder ``cfg.text_encoder`` (None: the settings'), LoRA-tuned on the training
-    part if it can be; tuned adapters are cached by their inputs, so re-running the same training
-    does not tune again."""
-    kind = cfg.text_encoder or settings.text_encoder
-    enc = build_text_encoder(kind, settings, include_base=cfg.text_include_base)
-    if not cfg.finetune_text or kind not in LORA_TUNABLE:
-        return enc, None
-    lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r}
-    path = settings.cache_dir / "adapters" / (
-        _adapter_cache_key(enc.base_id, texts, y, cfg, axes) + ".safetensors")
-    if path.is_file():
-        state = load_file(str(path))
-        enc = build_text_encoder(kind, settings, adapter=state, lora=lora,
-                                 include_base=cfg.text_include_base)
-        return enc, state
-    state = tune_text_encoder(enc, texts, y, axes, epochs=cfg.text_epochs, lr=cfg.text_lr,
-                              seed=cfg.seed, lora=lora, show_progress=show_progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
-    return enc, state
-
-
 def logits_to_probs(head: FusionHead, axes: list[Axis], f: Features, device) -> dict:
-    with torch.no_grad():
-        out = head(*f.tensors(np.arange(len(f.text)), device))
-    return {a.name: probabilities(a, out[a.name].float().cpu().numpy()) for a in axes}
+    """The served model's probabilities: the head's logits plus the text experts' offsets."""
+    logits = head_logits(head, f, device)
+    return {a.name: probabilities(a, logits[a.name]) for a in axes}
 
 
 def calibration_scores(
     data: Prepared, axes: list[Axis], y: dict[str, np.ndarray], feats: Features,
     head: FusionHead, s: Settings, cfg: TrainConfig, device: torch.device, show_progress: bool,
+    experts: TextExperts | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """The records to calibrate on, their logits per axis, and a log: out-of-fold over train +
     calibration (``cfg.calibration_folds`` grouped folds), else the served head's on the
@@ -216,15 +180,21 @@ def calibration_scores(
     in_pool[pool] = True
 
     def features_for(fit: np.ndarray) -> Features:
-        """Features as a model whose text adapter learnt from ``fit`` alone sees them."""
-        if not cfg.finetune_text:
-            return feats
-        enc, _ = tuned_text_encoder(s, [texts[i] for i in fit],
-                                    {a.name: y[a.name][fit] for a in axes}, axes, cfg, show_progress)
-        # Not cached: a fold's embeddings serve once, and would add a copy of the pool per fold.
-        tx, tm = text_features(enc, [t if in_pool[i] else "" for i, t in enumerate(texts)], None,
-                               show_progress)
-        return replace(feats, text=tx, text_mask=tm)  # the n-grams learn nothing until the head
+        """Features as a model whose text adapter and text experts learnt from ``fit`` alone see them."""
+        f = feats
+        if cfg.finetune_text:
+            enc, _ = tuned_text_encoder(s, [texts[i] for i in fit],
+                                        {a.name: y[a.name][fit] for a in axes}, axes, cfg, show_progress)
+            # Not cached: a fold's embeddings serve once, and would add a copy of the pool per fold.
+            tx, tm = text_features(enc, [t if in_pool[i] else "" for i, t in enumerate(texts)], None,
+                                   show_progress)
+            f = replace(f, text=tx, text_mask=tm)  # the n-grams learn nothing until the head
+        if experts is not None:  # the fold's own experts, with the served experts' weights
+            fold = TextExperts.fit(axes, [texts[i] for i in fit], {a.name: y[a.name][fit] for a in axes},
+                                   seed=cfg.seed)
+            fold.weight = dict(experts.weight)
+            f = replace(f, offsets=fold.offsets([t if in_pool[i] else "" for i, t in enumerate(texts)]))
+        return f
 
     stop_share = len(cal) / len(pool) if len(cal) else 0.1
     logits, log = cross_fit_logits(axes, pool, groups, y, features_for, k, stop_share, cfg.head,
@@ -310,11 +280,21 @@ def train_prepared(
     head, head_log = train_head(axes, part["train"], ys["train"], part["calibration"],
                                 ys["calibration"], cfg.head, device, show_progress)
     timings["head_training_s"] = time.perf_counter() - t0
+    experts = None
+    # The text experts: the baseline's regressions, added to the head's logits (shared.ml.experts).
+    if cfg.text_experts and any(texts[i].strip() for i in train_idx):
+        t0 = time.perf_counter()
+        experts = TextExperts.fit(axes, [texts[i] for i in train_idx], ys["train"], seed=cfg.seed)
+        experts.fit_weights(axes, head_logits(head, part["calibration"], device),
+                            experts.scores([texts[i] for i in data.parts["calibration"]]), ys["calibration"])
+        feats.offsets = experts.offsets(texts)
+        part = {k: feats.take(v) for k, v in data.parts.items()}
+        timings["text_experts_s"] = time.perf_counter() - t0
 
     # Calibrate: temperatures first, then thresholds with a precision lower bound (calibration).
     t0 = time.perf_counter()
     cal_idx, cal_logits, cal_log = calibration_scores(data, axes, y, feats, head, s, cfg, device,
-                                                      show_progress)
+                                                      show_progress, experts)
     for a in axes:
         lg, yc = cal_logits[a.name], y[a.name][cal_idx]
         a.temperature = fit_temperature(a, lg, yc)
@@ -366,6 +346,8 @@ def train_prepared(
             "missing_images": data.missing_images,
             "near_duplicates": data.near_duplicates,
             "text_encoder": text_choice,
+            **({"text_experts": "not fitted: no titles in the training part"}
+               if cfg.text_experts and experts is None else {}),
             "inputs": inputs,
             # Values some record carries that the model never learnt (too rare in training).
             "dropped_values": rare_values(recs, train_idx, data.kinds, axes),
@@ -376,9 +358,11 @@ def train_prepared(
         "novelty": guard.to_json(),
         "consistency": consistency.to_json(),
         "disagreement": disagreement,
+        **({"experts": experts.to_json()} if experts is not None else {}),
     }).to_json()
     state = head.export_state()  # float32, the lexical tables float16
     save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter,
-                                    novelty=guard.arrays()))
+                                    novelty=guard.arrays(),
+                                    experts=experts.arrays() if experts is not None else None))
     cache.close()
     return manifest
