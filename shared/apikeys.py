@@ -14,11 +14,11 @@ import hmac
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import sqlalchemy as sa
+from cachetools import TTLCache
 from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
@@ -109,33 +109,28 @@ class KeyCache(Generic[V]):
             raise ValueError("ttl_s must be >= 0 and max_entries >= 1")
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()  # digest -> (expires, value)
+        # cachetools' TTL + LRU cache (digest -> value); it is not thread-safe on its own.
+        self._entries: TTLCache[bytes, V] = TTLCache(max_entries, ttl_s or 1.0, timer=clock)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            self._entries.expire()
+            return len(self._entries)
 
     def get(self, token: str, load: Callable[[str], V | None]) -> V | None:
         """The cached value of ``token`` while fresh, else ``load(token)`` (kept only if not None)."""
         if self.ttl_s == 0:
             return load(token)
         digest = hashlib.sha256(token.encode()).digest()
-        now = self._clock()
         with self._lock:
-            entry = self._entries.get(digest)
-            if entry is not None:
-                if entry[0] > now:
-                    self._entries.move_to_end(digest)
-                    return entry[1]
-                del self._entries[digest]
+            value = self._entries.get(digest)  # None once expired (TTLCache drops it)
+        if value is not None:
+            return value
         value = load(token)  # outside the lock: one slow database call must not stall every request
         if value is not None:
             with self._lock:
-                self._entries[digest] = (now + self.ttl_s, value)
-                self._entries.move_to_end(digest)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+                self._entries[digest] = value
         return value
 
     def clear(self) -> None:
