@@ -28,6 +28,10 @@ for Flower and the outcome metrics).
 new redis-py client (its ~170 response callbacks copied into a ``CaseInsensitiveDict``) for every
 ``QoS.append`` pipeline, every ack and every event publish; here each channel reuses one client
 (:func:`reuse_redis_client`), to measure what that costs the consumer.
+
+``TAGGER_BENCH_SWITCH_INTERVAL=S``: an experiment: ``sys.setswitchinterval(S)`` in the worker (Python's
+default is 0.005 s: a thread that returns from a socket read while a pool thread runs Python code
+may wait that long for the GIL, and the consumer makes several round trips per message).
 """
 
 from __future__ import annotations
@@ -131,6 +135,8 @@ def main() -> None:
         app.conf.worker_send_task_events = False
     if os.environ.get("TAGGER_BENCH_REUSE_REDIS_CLIENT") == "1":
         reuse_redis_client()
+    if os.environ.get("TAGGER_BENCH_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["TAGGER_BENCH_SWITCH_INTERVAL"]))
     sys.argv = ["celery", *sys.argv[1:]]
     path = os.environ.get("TAGGER_BENCH_PROFILE")
     if path:

@@ -24,8 +24,11 @@ Postgres database it is given; nothing is downloaded. The last line reads
 celery-batches batching, same writes), started through :mod:`bench.null_worker`, whose model costs
 nothing but returns predictions of the shipped model's shape; text-only events (no image_uri); no
 model measurement and no unbatched run. It prints the batches and, as its last line,
-``plumbing_events_per_s=P write_ms_per_event=W p50_ms=X p99_ms=Y`` (P: events / seconds from the
-first publish to the last commit; W: the worker's batch_tagged write_ms summed / events).
+``plumbing_events_per_s=P write_ms_per_event=W p50_ms=X p99_ms=Y worker_cpu_ms_per_event=C`` (P:
+events / seconds from the first publish to the last commit; W: the worker's batch_tagged write_ms
+summed / events; C: the worker processes' user+sys CPU over the same span / events, which a busy
+machine inflates less than wall times). ``--workers N`` starts N worker processes (each its own
+connection, consumer thread and ``-c`` pool threads).
 ``--profile PATH`` runs that worker under cProfile and writes its pstats to PATH.
 
     .venv/bin/python -m bench.pipeline --n 512
@@ -86,6 +89,9 @@ class RunResult:
     publish_s: float  # first publish -> last publish
     latencies_ms: list[float]
     batches: list[tuple[int, int, int]] = field(default_factory=list)  # (size, infer_ms, write_ms)
+    worker_cpu_s: float = float("nan")  # user+sys of the worker process(es), first publish -> done
+    consumer_cpu_s: float = float("nan")  # the same, their main threads alone (the consumers)
+    redis_cpu_s: float = float("nan")  # the same for redis-server (INFO cpu: the whole server)
 
     @property
     def rate(self) -> float:
@@ -202,6 +208,18 @@ def release_model() -> None:
 # --- services -------------------------------------------------------------------------------
 
 
+def redis_cpu_s(url: str) -> float:
+    """redis-server's user + system CPU seconds so far (INFO cpu; every client of that server)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    finally:
+        client.close()
+
+
 def reset_redis(url: str) -> None:
     import redis
 
@@ -250,6 +268,15 @@ class WorkerProcess:
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def cpu_s(self, main_thread: bool = False) -> float:
+        """User + system CPU seconds so far of the worker process (every thread), or of its main
+        thread alone, where celery runs the consumer's event loop (Linux /proc)."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        stat = Path(f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat")
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -389,6 +416,8 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
         env["TAGGER_BENCH_NO_TASK_EVENTS"] = "1"
     if getattr(args, "reuse_redis_client", False):
         env["TAGGER_BENCH_REUSE_REDIS_CLIENT"] = "1"
+    if getattr(args, "switch_interval", None):
+        env["TAGGER_BENCH_SWITCH_INTERVAL"] = str(args.switch_interval)
     logs = args.logs or workdir
     logs.mkdir(parents=True, exist_ok=True)
     n_workers = getattr(args, "workers", 1)
@@ -404,8 +433,12 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
             w.launch()
         for w in workers:
             w.wait_ready(args.ready_timeout)
+        cpu0, main0 = sum(w.cpu_s() for w in workers), sum(w.cpu_s(True) for w in workers)
+        redis0 = redis_cpu_s(args.redis)
         stamps = publish_burst(args.redis, events, args.publishers, args.publish_chunk)
         done = wait_all_tagged(args.postgres, len(events), workers, args.timeout, args.poll)
+        cpu, redis_cpu = sum(w.cpu_s() for w in workers) - cpu0, redis_cpu_s(args.redis) - redis0
+        main = sum(w.cpu_s(True) for w in workers) - main0
         batches = [b for w in workers for b in w.batches()]
     finally:
         for w in workers:
@@ -413,7 +446,8 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
     finished = finished_times(args.postgres)
     first, last = min(stamps.values()), max(stamps.values())
     lat = [(finished[e.event_id] - stamps[e.event_id]) * 1000 for e in events]
-    return RunResult(label, batch, len(events), done - first, last - first, lat, batches)
+    return RunResult(label, batch, len(events), done - first, last - first, lat, batches, cpu, main,
+                     redis_cpu)
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -464,14 +498,18 @@ def main() -> None:
     ap.add_argument("--reuse-redis-client", action="store_true",
                     help="with --null-model: an experiment, kombu's Redis channel reuses one redis-py "
                          "client instead of building one per command (bench.null_worker)")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="with --null-model: an experiment, sys.setswitchinterval(S) in the worker "
+                         "(Python's default: 0.005 s)")
     ap.add_argument("--workers", type=int, default=1,
                     help="worker processes, each with its own connection, consumer and -c threads "
                          "(total concurrency: workers x c)")
     ap.add_argument("--skip-unbatched", action="store_true",
                     help="no run (c) (one task per event): a shorter run, e.g. bench/gpu.sh")
     args = ap.parse_args()
-    if (args.profile or args.no_task_events or args.reuse_redis_client) and not args.null_model:
-        ap.error("--profile, --no-task-events and --reuse-redis-client need --null-model")
+    if (args.profile or args.no_task_events or args.reuse_redis_client or args.switch_interval) \
+            and not args.null_model:
+        ap.error("--profile, --no-task-events, --reuse-redis-client and --switch-interval need --null-model")
     if args.n < 1 or args.concurrency < 0 or args.torch_threads < 0 or args.workers < 1:
         ap.error("--n and --workers must be at least 1, --concurrency and --torch-threads at least 0")
     if args.profile and args.workers > 1:
@@ -550,6 +588,8 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
     events = "no task events (experiment)" if args.no_task_events else "task events on"
     if args.reuse_redis_client:
         events += ", one redis-py client per channel (experiment)"
+    if args.switch_interval:
+        events += f", sys.setswitchinterval({args.switch_interval}) (experiment)"
     print(f"products: {args.n} from {manifest}, text only; NULL model (bench.null_worker), {events}; "
           f"{args.workers} worker process(es) x {args.concurrency} thread(s) = concurrency "
           f"{args.workers * args.concurrency}; {os.cpu_count()} CPUs; load: {load}")
@@ -560,10 +600,14 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
     print(describe_batches(r))
     print(f"null-model plumbing: {r.rate:.1f} events/s, write {write_ms:.2f} ms/event (worker's "
           f"write_ms / n), latency publish -> commit p50 {r.pct(50):.0f} ms, p99 {r.pct(99):.0f} ms")
+    cpu_ms = 1000 * r.worker_cpu_s / r.n
+    print(f"CPU per event, first publish -> last commit: worker process(es) {cpu_ms:.2f} ms (user+sys, "
+          f"every thread; consumer thread {1000 * r.consumer_cpu_s / r.n:.2f} ms), redis-server "
+          f"{1000 * r.redis_cpu_s / r.n:.2f} ms (whole server)")
     if args.profile:
         print(f"profile: {args.profile} (python -m pstats {args.profile})")
     print(f"plumbing_events_per_s={r.rate:.1f} write_ms_per_event={write_ms:.2f} "
-          f"p50_ms={round(r.pct(50))} p99_ms={round(r.pct(99))}")
+          f"p50_ms={round(r.pct(50))} p99_ms={round(r.pct(99))} worker_cpu_ms_per_event={cpu_ms:.2f}")
 
 
 if __name__ == "__main__":
