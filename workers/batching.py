@@ -25,8 +25,9 @@ celery-batches also acks every request of a batch when the batch returns, even w
 Here a batch reports the requests it could neither write, re-enqueue nor dead-letter (the broker
 and the database both down) under :data:`UNACKED`; those, and every request of a batch that
 raised, are rejected with requeue instead of acked, so the broker keeps them. The others are acked
-together (:func:`workers.acks.acknowledge_all`: one Redis pipeline for the whole batch instead of
-one per request), on the consumer thread like every Celery ack.
+together (:func:`workers.acks.acknowledge_all`: on kombu's Redis transport one pipeline for the
+whole batch instead of one per request; one by one on any other transport or when that fails), on
+the consumer thread like every Celery ack.
 """
 
 from __future__ import annotations
