@@ -48,7 +48,7 @@ def baseline_report(data: Prepared, calibration_folds: int, cfg: TrainConfig) ->
     axes = copy.deepcopy(build_axes([recs[i] for i in parts["train"]], data.kinds, cfg.min_value_count))
     y = {a.name: targets(recs, a) for a in axes}
     pick = {k: ([texts[i] for i in v], {a.name: y[a.name][v] for a in axes}) for k, v in parts.items()}
-    model = Baseline.fit(axes, *pick["train"], seed=cfg.seed)
+    model = Baseline.fit(axes, *pick["train"], seed=cfg.seed, show_progress=True)
     if calibration_folds >= 2:  # as shared.ml.cross_fit: each fold scored by a fit without it
         pool = np.sort(np.concatenate([parts["train"], parts["calibration"]]))
         fold = grouped_folds(data.groups[pool], calibration_folds, cfg.seed)

@@ -53,9 +53,9 @@ class TextExperts:
 
     @classmethod
     def fit(cls, axes: list[Axis], texts: list[str], y: dict[str, np.ndarray], c: float = 10.0,
-            seed: int = 0) -> TextExperts:
+            seed: int = 0, show_progress: bool = False) -> TextExperts:
         """The baseline fitted on ``texts`` (the training part's titles) and ``y`` (its targets)."""
-        base = Baseline.fit(axes, texts, y, c, seed)
+        base = Baseline.fit(axes, texts, y, c, seed, show_progress, desc="fit text experts")
         vocab = sorted(base.vectoriser.vocabulary_, key=base.vectoriser.vocabulary_.get)
         coef, intercept = {}, {}
         for a in axes:

@@ -191,7 +191,7 @@ def calibration_scores(
             f = replace(f, text=tx, text_mask=tm)  # the n-grams learn nothing until the head
         if experts is not None:  # the fold's own experts, with the served experts' weights
             fold = TextExperts.fit(axes, [texts[i] for i in fit], {a.name: y[a.name][fit] for a in axes},
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, show_progress=show_progress)
             fold.weight = dict(experts.weight)
             f = replace(f, offsets=fold.offsets([t if in_pool[i] else "" for i, t in enumerate(texts)]))
         return f
@@ -284,7 +284,8 @@ def train_prepared(
     # The text experts: the baseline's regressions, added to the head's logits (shared.ml.experts).
     if cfg.text_experts and any(texts[i].strip() for i in train_idx):
         t0 = time.perf_counter()
-        experts = TextExperts.fit(axes, [texts[i] for i in train_idx], ys["train"], seed=cfg.seed)
+        experts = TextExperts.fit(axes, [texts[i] for i in train_idx], ys["train"], seed=cfg.seed,
+                                  show_progress=show_progress)
         experts.fit_weights(axes, head_logits(head, part["calibration"], device),
                             experts.scores([texts[i] for i in data.parts["calibration"]]), ys["calibration"])
         feats.offsets = experts.offsets(texts)
