@@ -107,11 +107,14 @@ class _FakeTagger:
         self.axes = [Axis("kind", "single", ["k", "j"])]
         self.text_encoder, self.image_encoder = _Encoder(4), _ImageEncoder(3)
 
-    def probabilities(self, text, text_mask, image, image_mask, lexical=None) -> dict:
+    def probabilities(self, text, text_mask, image, image_mask, lexical=None, offsets=None) -> dict:
         return {"kind": np.tile([0.9, 0.1], (len(text), 1))}
 
     def lexical(self, texts):
         return None  # no lexical channel
+
+    def offsets(self, texts):
+        return None  # no text experts
 
     def novelty(self, *args):
         return None
