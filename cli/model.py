@@ -33,10 +33,10 @@ class Fusion(StrEnum):
 TextEncoderName = StrEnum("TextEncoderName", {k: k for k in TEXT_ENCODERS})
 
 
-# tagger train's default for --lexical-buckets: on (measured on product1m-zh-dev: brand .930 ->
-# .986, coverage .150 -> .336; +4.4 MB; docs/MODEL.md, "The lexical channel"). The library's
-# HeadTrainConfig stays off, so retraining (workers/retraining.py) keeps the shipped design.
-LEXICAL_BUCKETS = 65536
+# tagger train's defaults are the recipe measured on every catalogue in ../shared/data (docs/MODEL.md,
+# "Every catalogue, one table"): frozen text encoder (chosen by the titles' script), no label
+# smoothing or class weights, the text experts on, the lexical channel off (the experts read the
+# same n-grams), and the head's small-catalogue schedule (--head-min-steps, --relative-stop).
 
 OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction":
           "--validation-fraction", "min_value_count": "--min-value-count", "calibration_folds":
@@ -54,11 +54,14 @@ def train(
     text_epochs: Annotated[int, typer.Option(help="LoRA epochs for the text encoder.")] = 2,
     finetune_text: Annotated[bool, typer.Option(
         "--finetune-text/--no-finetune-text",
-        help="LoRA-tune the text encoder on the training part, or keep it frozen.")] = True,
+        help="LoRA-tune the text encoder on the training part (and once per calibration fold: "
+        "hours on a CPU for 30,000 titles), or keep it frozen (the text experts read the titles' "
+        "n-grams either way).")] = False,
     text_encoder: Annotated[TextEncoderName | None, typer.Option(
         help="minilm (English, LoRA-tunable) or usem3 (multilingual USE v3, 16 languages incl. "
         "Chinese; always frozen). Default: the dataset manifest's text_encoder, else "
-        "TAGGER_TEXT_ENCODER.", show_default=False)] = None,
+        "TAGGER_TEXT_ENCODER, else by the titles (usem3 when minilm reads a fifth or more of "
+        "their tokens as unknown).", show_default=False)] = None,
     fusion: Fusion = Fusion.gated,
     head_epochs: int = 40,
     head_min_steps: Annotated[int, typer.Option(
@@ -87,18 +90,19 @@ def train(
         help="Values seen fewer times in training are not learnt (they are listed).")] = 2,
     label_smoothing: Annotated[float, typer.Option(
         help="Head label smoothing; 0 sharpens the top scores (more auto coverage, a little less "
-        "accuracy: docs/MODEL.md).")] = 0.05,
+        "accuracy: docs/MODEL.md).")] = 0.0,
     class_weight_power: Annotated[float, typer.Option(
-        help="Class weight = count^-power in the head's loss; 0: unweighted.")] = 0.3,
+        help="Class weight = count^-power in the head's loss; 0: unweighted.")] = 0.0,
     lexical_buckets: Annotated[int, typer.Option(
         help="The lexical channel: the title's character 1-4-grams hashed into this many "
-        "buckets, a third input of the head beside title embedding and photo; 0: off.")] = LEXICAL_BUCKETS,
+        "buckets (e.g. 65536), a third input of the head beside title embedding and photo; 0: "
+        "off (the text experts read the n-grams instead).")] = 0,
     lexical_dim: Annotated[int, typer.Option(
         help="Width of the lexical channel's bucket embeddings (stored float16).")] = 32,
     text_experts: Annotated[bool, typer.Option(
         help="Add the baseline's per-axis logistic regressions on the title's character n-grams "
         "to the head's logits, weighted per axis on the calibration part (costs 1 + "
-        "--calibration-folds regression fits; docs/MODEL.md, \"Text experts\").")] = False,
+        "--calibration-folds regression fits; docs/MODEL.md, \"Text experts\").")] = True,
     near_duplicate_similarity: Annotated[float, typer.Option(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "
@@ -127,22 +131,19 @@ def train(
     except TaggerError as exc:
         raise _fail(f"--holdout: {exc}") from None
 
-    from shared.ml.head_training import HeadTrainConfig
-    from shared.ml.train_config import TrainConfig, config_problems
+    from shared.ml.train_config import config_problems
     from shared.ml.training import train as run_train
 
-    cfg = TrainConfig(seed=seed, finetune_text=finetune_text, text_epochs=text_epochs,
-                      target_precision=target_precision, calibration_folds=calibration_folds,
-                      confidence=confidence, validation_fraction=validation_fraction,
-                      calibration_fraction=calibration_fraction, min_value_count=min_value_count,
-                      near_duplicate_similarity=near_duplicate_similarity, text_experts=text_experts,
-                      text_encoder=text_encoder.value if text_encoder else None,
-                      head=HeadTrainConfig(fusion=fusion.value, epochs=head_epochs, seed=seed,
-                                           label_smoothing=label_smoothing,
-                                           class_weight_power=class_weight_power,
-                                           lexical_buckets=lexical_buckets,
-                                           lexical_dim=lexical_dim, min_steps=head_min_steps,
-                                           relative_stop=relative_stop))
+    cfg = train_config(seed=seed, finetune_text=finetune_text, text_epochs=text_epochs,
+                       target_precision=target_precision, calibration_folds=calibration_folds,
+                       confidence=confidence, validation_fraction=validation_fraction,
+                       calibration_fraction=calibration_fraction, min_value_count=min_value_count,
+                       near_duplicate_similarity=near_duplicate_similarity,
+                       text_experts=text_experts, text_encoder=text_encoder, fusion=fusion,
+                       head_epochs=head_epochs, label_smoothing=label_smoothing,
+                       class_weight_power=class_weight_power, lexical_buckets=lexical_buckets,
+                       lexical_dim=lexical_dim, head_min_steps=head_min_steps,
+                       relative_stop=relative_stop)
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))
@@ -171,6 +172,32 @@ def train(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         out.print(f"report written to {escape(str(json_out))}")
+
+
+def train_config(**options):
+    """The TrainConfig ``tagger train`` runs with these options; any left out take the command's
+    own defaults (what ``python -m bench.catalogues`` trains with: the command is their one home)."""
+    import inspect
+
+    from shared.ml.head_training import HeadTrainConfig
+    from shared.ml.train_config import TrainConfig
+
+    o = {k: p.default for k, p in inspect.signature(train).parameters.items()
+         if p.default is not inspect.Parameter.empty}
+    o.update(options)
+    enc, fusion = o["text_encoder"], o["fusion"]
+    return TrainConfig(
+        seed=o["seed"], finetune_text=o["finetune_text"], text_epochs=o["text_epochs"],
+        target_precision=o["target_precision"], calibration_folds=o["calibration_folds"],
+        confidence=o["confidence"], validation_fraction=o["validation_fraction"],
+        calibration_fraction=o["calibration_fraction"], min_value_count=o["min_value_count"],
+        near_duplicate_similarity=o["near_duplicate_similarity"], text_experts=o["text_experts"],
+        text_encoder=getattr(enc, "value", enc),
+        head=HeadTrainConfig(fusion=getattr(fusion, "value", fusion), epochs=o["head_epochs"],
+                             seed=o["seed"], label_smoothing=o["label_smoothing"],
+                             class_weight_power=o["class_weight_power"],
+                             lexical_buckets=o["lexical_buckets"], lexical_dim=o["lexical_dim"],
+                             min_steps=o["head_min_steps"], relative_stop=o["relative_stop"]))
 
 
 def _check_model(model: Path | None) -> None:

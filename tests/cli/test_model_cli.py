@@ -126,3 +126,18 @@ def test_training_warnings_name_rare_and_uncalibrated_values() -> None:
                for ln in lines)
     assert any("brand: cannot be calibrated" in ln for ln in lines)
     assert any("fewer than 149 calibration predictions" in ln and "AHC, 兰蔻" in ln for ln in lines)
+
+
+def test_the_commands_defaults_are_the_measured_recipe() -> None:
+    """bench.catalogues trains with `tagger train`'s own defaults (cli.model.train_config), so the
+    every-catalogue table in docs/MODEL.md is what a new user gets from the command alone."""
+    from cli.model import train_config
+
+    cfg = train_config()
+    assert cfg.text_experts and not cfg.finetune_text and cfg.text_encoder is None
+    assert cfg.head.lexical_buckets == 0 and cfg.head.label_smoothing == 0
+    assert cfg.head.class_weight_power == 0 and cfg.head.min_steps == 2000 and cfg.head.relative_stop
+    assert cfg.calibration_folds == 5 and cfg.confidence == 0.95
+    changed = train_config(text_experts=False, lexical_buckets=1024, near_duplicate_similarity=0.8)
+    assert not changed.text_experts and changed.head.lexical_buckets == 1024
+    assert changed.near_duplicate_similarity == 0.8

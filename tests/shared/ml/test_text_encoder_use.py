@@ -81,8 +81,24 @@ def test_choice_precedence_option_then_dataset_then_setting() -> None:
     assert text_encoder_choice("usem3", "minilm", "minilm") == ("usem3", "--text-encoder")
     assert text_encoder_choice(None, "usem3", "minilm") == ("usem3", "dataset manifest")
     assert text_encoder_choice(None, None, "usem3") == ("usem3", "TAGGER_TEXT_ENCODER")
+    # Nothing names one: the titles choose, by what minilm can read of them.
+    kind, why = text_encoder_choice(None, None, None, lambda: 0.63)
+    assert kind == "usem3" and "63% of their tokens unknown to minilm" in why
+    assert text_encoder_choice(None, None, None, lambda: 0.01)[0] == "minilm"
+    assert text_encoder_choice("minilm", None, None, lambda: 0.9)[0] == "minilm"  # asked for
     assert "text_encoder" in config_problems(TrainConfig(text_encoder="bert"))
     assert config_problems(TrainConfig(text_encoder="usem3")) == {}
+
+
+def test_unknown_share_tells_chinese_titles_from_english(settings: Settings) -> None:
+    from shared.ml.text_encoder import minilm_unknown_share
+    from shared.ml.train_config import UNREADABLE_SHARE
+
+    zh = ["正品兰蔻小黑瓶精华补水保湿50ml", "雅诗兰黛小棕瓶精华礼盒套装", "资生堂红腰子精华"]
+    en = ["Nike Men Blue Running Shoes", "Fabindia Women Red Kurta", "Titan Men Analog Watch", ""]
+    assert minilm_unknown_share(settings, zh) >= UNREADABLE_SHARE
+    assert minilm_unknown_share(settings, en) < 0.05
+    assert minilm_unknown_share(settings, ["", "  "]) == 0.0
 
 
 def test_old_manifests_are_minilm_models() -> None:
@@ -150,13 +166,14 @@ def test_cli_trains_with_usem3_and_the_model_loads_it_whatever_the_setting(
     try:
         res = CliRunner().invoke(app, [
             "train", "--dataset", str(dataset), "--out", str(out), "--text-encoder", "usem3",
+            "--finetune-text", "--no-text-experts",
             "--head-epochs", "15", "--head-min-steps", "0", "--calibration-folds", "2",
             "--validation-fraction", "0.2",
             "--calibration-fraction", "0.2"], env={"COLUMNS": "80", "NO_COLOR": "1"})
     finally:
         get_settings.cache_clear()
     assert res.exit_code == 0, res.output
-    # --finetune-text is the default: usem3 trains frozen and says so in one line.
+    # Asked to tune it, usem3 trains frozen and says so in one line.
     assert "usem3 (from --text-encoder): usem3 cannot be LoRA-tuned" in " ".join(res.output.split())
     m = json.loads((out / "manifest.json").read_text())
     text = m["encoders"]["text"]
