@@ -20,11 +20,12 @@ from shared.ml.artifact import load_artifact, save_artifact
 from shared.ml.cache import EmbeddingCache
 from shared.ml.evidence import alone_axes, fit_trust, input_evidence, trusted_axes
 from shared.ml.features import image_features, text_features
-from shared.ml.head_training import Features, HeadTrainConfig
+from shared.ml.head_training import Features
 from shared.ml.labels import targets
 from shared.ml.manifest import ModelManifest
 from shared.ml.predictor import Tagger
-from shared.ml.training import MODALITIES, TrainConfig, _validation_report, prepare
+from shared.ml.train_config import recorded_config
+from shared.ml.training import MODALITIES, _validation_report, prepare
 
 
 def main() -> None:
@@ -35,10 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     tagger = Tagger.load(args.model, cache=EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite"))
     trained = tagger.manifest["training"]
-    conf = dict(trained["config"])
-    head_cfg = HeadTrainConfig(**conf.pop("head"))
-    cfg = TrainConfig(**{k: v for k, v in conf.items() if k in TrainConfig.__dataclass_fields__},
-                      head=head_cfg)
+    cfg = recorded_config(trained["config"])
     from shared.ml.dataset import read_ids
 
     data = prepare(args.dataset, cfg, read_ids(args.holdout) if args.holdout else None)

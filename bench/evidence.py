@@ -19,17 +19,15 @@ import numpy as np
 from shared.config import get_settings
 from shared.ml.cache import EmbeddingCache
 from shared.ml.features import image_features, text_features
-from shared.ml.head_training import HeadTrainConfig
 from shared.ml.labels import targets
 from shared.ml.predictor import Tagger
-from shared.ml.training import TrainConfig, prepare
+from shared.ml.train_config import recorded_config
+from shared.ml.training import prepare
 
 
 def _split(tagger: Tagger, dataset: str):
     trained = tagger.manifest["training"]
-    conf = dict(trained["config"])
-    head = HeadTrainConfig(**conf.pop("head"))
-    cfg = TrainConfig(**{k: v for k, v in conf.items() if k in TrainConfig.__dataclass_fields__}, head=head)
+    cfg = recorded_config(trained["config"])
     data = prepare(dataset, cfg)
     if data.fingerprint != trained["fingerprint"]:
         raise SystemExit(f"{dataset} is not the data {tagger.version} was trained on")

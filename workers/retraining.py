@@ -80,7 +80,8 @@ def _retrain_locked(s: Settings, trigger: str, cfg: Any) -> dict:
     from shared.ml import gate
     from shared.ml.predictor import Tagger
     from shared.ml.report import evaluate_records
-    from shared.ml.training import TrainConfig, prepare_records, train_prepared
+    from shared.ml.train_config import recorded_config
+    from shared.ml.training import prepare_records, train_prepared
     from shared.registry import ensure_default_registered, fetch_artifact, live_version, promote, register
     from shared.storage import open_store
 
@@ -102,7 +103,9 @@ def _retrain_locked(s: Settings, trigger: str, cfg: Any) -> dict:
     for r in records:
         for axis in r.labels:
             kinds.setdefault(axis, "single")  # a new axis learned from labels
-    cfg = cfg or TrainConfig()
+    # The challenger trains as the champion was trained (its recorded recipe), not by the
+    # library's defaults: a retrain must not silently change the design it is compared with.
+    cfg = cfg or recorded_config(champ.manifest["training"].get("config") or {})
     data = prepare_records("labels", records, blobs, kinds, cfg, holdout=set(eval_set["product_ids"]))
     if len(data.parts["train"]) == 0:
         return {"status": "skipped", "reason": "every labelled product is in the evaluation set"}

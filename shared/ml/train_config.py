@@ -47,7 +47,24 @@ class TrainConfig:
     # Text experts (shared.ml.experts): the baseline's per-axis logistic regressions on the title's
     # character n-grams, fitted with the head (and per calibration fold) and added to its logits.
     text_experts: bool = False
+    # The image tail (shared.ml.image_tuning): the backbone's last image_tail_blocks block(s) +
+    # head conv trained this many epochs on the training part's labels (and per calibration fold),
+    # so the photo features become the task's; 0: the backbone stays frozen, as it always was.
+    image_tail_epochs: int = 0
+    image_tail_lr: float = 3e-4
+    image_tail_blocks: int = 1
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+
+
+def recorded_config(doc: dict) -> TrainConfig:
+    """The TrainConfig a model's manifest records (``training.config``), so retraining trains a
+    challenger the way its champion was trained; keys this code does not know are ignored and
+    keys the record lacks (older models) take today's defaults."""
+    conf = dict(doc)
+    head = {k: v for k, v in (conf.pop("head", None) or {}).items()
+            if k in HeadTrainConfig.__dataclass_fields__}
+    return TrainConfig(**{k: v for k, v in conf.items() if k in TrainConfig.__dataclass_fields__},
+                       head=HeadTrainConfig(**head))
 
 
 LORA_TUNABLE = frozenset({"minilm"})  # text encoders with a LoRA path (shared.ml.text_tuning)
@@ -106,6 +123,13 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
         bad["text_encoder"] = f"must be one of {', '.join(TEXT_ENCODERS)}, not {cfg.text_encoder!r}"
     if cfg.text_epochs < 0:
         bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
+    if cfg.image_tail_epochs < 0:
+        bad["image_tail_epochs"] = f"must be 0 (off) or more, not {cfg.image_tail_epochs}"
+    if not cfg.image_tail_lr > 0:
+        bad["image_tail_lr"] = f"must be above 0, not {cfg.image_tail_lr}"
+    if not 0 <= cfg.image_tail_blocks <= 2:
+        bad["image_tail_blocks"] = (f"must be 0, 1 or 2 (blocks before the head conv), not "
+                                    f"{cfg.image_tail_blocks}")
     if cfg.head.epochs < 1:
         bad["head_epochs"] = f"must be at least 1, not {cfg.head.epochs}"
     if cfg.head.min_steps < 0:

@@ -159,17 +159,32 @@ def shipped_items(sample_manifest: Path) -> list[Item]:
              Item("", imgs[recs[0].image_ref])] + [Item(r.text, imgs[r.image_ref]) for r in recs])
 
 
+def _same(got, want, tol: float = 1e-5) -> bool:
+    """Equal, floats up to ``tol``: scores are rounded to 6 places, and a sum a thread pool orders
+    differently under load moves the sixth (seen: .690277 vs .690278), never a value or a status."""
+    if isinstance(want, float) or isinstance(got, float):
+        return isinstance(got, int | float) and abs(got - want) <= tol
+    if isinstance(want, dict):
+        return isinstance(got, dict) and got.keys() == want.keys() and all(
+            _same(got[k], want[k], tol) for k in want)
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(
+            _same(g, w, tol) for g, w in zip(got, want, strict=True))
+    return got == want
+
+
 def test_the_shipped_model_predicts_exactly_as_before(settings: Settings, sample_manifest: Path) -> None:
-    """The shipped model has no lexical channel (its manifest has no lexical keys): it loads and
-    predicts what it predicted before the channel existed (recorded in shipped_predictions.json)."""
+    """The shipped model has no lexical channel: it loads and predicts what it predicted when it
+    was shipped (recorded in shipped_predictions.json): values, statuses, scores, evidence."""
     tagger = Tagger.load(settings=settings)
     assert tagger.lexical_buckets == 0 and tagger.lexical(["x"]) is None
-    assert "lexical_buckets" not in tagger.manifest["head"]["config"]
+    assert tagger.manifest["head"]["config"].get("lexical_buckets", 0) == 0
     want = json.loads((Path(__file__).parent / "shipped_predictions.json").read_text())
     preds = tagger.predict(shipped_items(sample_manifest))
     got = [{"tags": {a: [[x.value, x.score, x.status] for x in v] for a, v in p.tags.items()},
             "evidence": p.evidence, "novelty": p.novelty} for p in preds]
-    assert got == want
+    assert _same(got, want), got
+    assert not _same(got, json.loads(json.dumps(want).replace('"auto"', '"review"')))  # it can fail
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,27 @@ def test_config_problems_name_the_field() -> None:
     assert config_problems(TrainConfig(validation_fraction=0.5, calibration_fraction=0.3), True) == {}
 
 
+def test_a_recorded_config_is_the_one_trained_with() -> None:
+    """Retraining trains the challenger with its champion's recorded recipe (workers/retraining)."""
+    import json
+    from dataclasses import asdict
+
+    from shared.config import DEFAULT_MODEL_DIR
+    from shared.ml.head_training import HeadTrainConfig
+    from shared.ml.train_config import TrainConfig, recorded_config
+
+    cfg = TrainConfig(finetune_text=False, text_experts=True, near_duplicate_similarity=0.8,
+                      head=HeadTrainConfig(label_smoothing=0.0, lexical_buckets=1024, min_steps=7))
+    doc = json.loads(json.dumps(asdict(cfg)))
+    assert recorded_config(doc) == cfg
+    doc["from_the_future"], doc["head"]["also_new"] = 1, 2  # unknown keys: ignored
+    del doc["text_experts"]  # a key older models lack: today's default
+    assert recorded_config(doc) == TrainConfig(**{**asdict(cfg), "head": cfg.head,
+                                                   "text_experts": TrainConfig().text_experts})
+    shipped = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())["training"]["config"]
+    assert recorded_config(shipped).finetune_text is False  # the shipped model's frozen encoder
+
+
 def test_rare_values_are_named_per_axis() -> None:
     from shared.ml.train_config import rare_values
 
