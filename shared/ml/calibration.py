@@ -132,3 +132,46 @@ def fit_thresholds(
     sel = [p[:, k] >= 0.5 for k in range(len(axis.values))]
     _per_value(axis, [p[s, k] for k, s in enumerate(sel)], [yy[s, k] for k, s in enumerate(sel)],
                target, confidence)
+
+
+# An axis whose served head gives at least this many auto tags on the calibration part must reach
+# the target there too (fewer: too little evidence to overrule the cross-fitted bound).
+CHECK_MIN_AUTO = 150
+CHECK_STEP = 0.0005
+
+
+def check_served(axis: Axis, probs: np.ndarray, y: np.ndarray, target: float) -> dict | None:
+    """Check a single-label axis's cuts, fitted on cross-fitted fold heads' scores, on the served
+    head's own scores ``probs`` of the calibration part (its weights never trained on it): the
+    served head is a little more confident than the fold heads, so the same cut can let through
+    more than the folds proved (fashion-small baseColour: .9775 there, .979 on validation).
+    With at least ``CHECK_MIN_AUTO`` auto tags and a precision under ``target``, every cut of the
+    axis is raised by the smallest multiple of ``CHECK_STEP`` that brings it to the target (a cut
+    pushed past 1 never applies). Returns what it saw and did, or None when there is nothing to
+    check (multi-label axis, too few auto tags)."""
+    if axis.kind != "single":
+        return None
+    keep = y >= 0
+    p, yy = probs[keep], y[keep]
+    top, score = p.argmax(1), p.max(1)
+    right = top == yy
+    base = np.array([axis.threshold(v) for v in axis.values])
+    auto = score >= base[top]
+    if auto.sum() < CHECK_MIN_AUTO:
+        return None
+    out = {"n": int(auto.sum()), "precision": round(float(right[auto].mean()), 4), "raised_by": 0.0}
+    steps = 0
+    while auto.any() and right[auto].mean() < target:
+        steps += 1
+        auto = score >= np.minimum(base + steps * CHECK_STEP, NEVER)[top]
+    if steps:
+        raised = steps * CHECK_STEP
+        axis.thresholds = {v: (t if t >= NEVER else min(t + raised, NEVER))
+                           for v, t in axis.thresholds.items()}
+        for v, ev in (axis.evidence or {}).items():  # what `tagger train` lists follows the cut
+            if ev.get("auto"):
+                ev.update(threshold=axis.thresholds[v], raised_by=round(raised, 4),
+                          auto=axis.thresholds[v] <= 1.0)
+        out.update(raised_by=round(raised, 4), n_after=int(auto.sum()),
+                   precision_after=round(float(right[auto].mean()), 4) if auto.any() else None)
+    return out

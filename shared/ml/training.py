@@ -16,7 +16,7 @@ from shared.config import Settings, get_settings
 from shared.errors import ManifestError
 from shared.ml.artifact import Artifact, save_artifact
 from shared.ml.cache import EmbeddingCache
-from shared.ml.calibration import fit_temperature, fit_thresholds, probabilities
+from shared.ml.calibration import check_served, fit_temperature, fit_thresholds, probabilities
 from shared.ml.consistency import Consistency
 from shared.ml.cross_fit import cross_fit_logits, head_logits
 from shared.ml.dataset import AxisKind, Record, content_hash, load_blobs, load_manifest, load_records
@@ -304,6 +304,10 @@ def train_prepared(
         lg, yc = cal_logits[a.name], y[a.name][cal_idx]
         a.temperature = fit_temperature(a, lg, yc)
         fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence)
+    if cal_log["method"] == "cross-fit":  # the served head must keep what its fold heads proved
+        served = logits_to_probs(head, axes, part["calibration"], device)
+        cal_log["served_check"] = {a.name: c for a in axes if (c := check_served(
+            a, served[a.name], ys["calibration"][a.name], target)) is not None}
     timings["calibration_s"] = time.perf_counter() - t0  # with cross-fitting's fold models
 
     # Novelty guard (shared.ml.novelty): items unlike the training data never get auto tags.

@@ -202,3 +202,39 @@ def test_folds_keep_duplicate_groups_together_and_even() -> None:
         assert len(np.unique(fold[groups == g])) == 1
     sizes = np.bincount(fold, minlength=5)
     assert sizes.max() - sizes.min() <= 5 and (grouped_folds(groups, 5, seed=0) == fold).all()
+
+
+def _served(n: int, wrong_at: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-value probabilities (value 0 on top with ``score``) and targets: wrong where asked."""
+    probs = np.stack([score, 1 - score], axis=1)
+    y = np.zeros(n, dtype=np.int64)
+    y[wrong_at] = 1
+    return probs, y
+
+
+def test_the_served_head_must_keep_what_the_folds_proved() -> None:
+    from shared.ml.calibration import CHECK_MIN_AUTO, NEVER, check_served
+
+    n = 400
+    score = np.linspace(0.90, 0.999, n)
+    probs, y = _served(n, np.arange(0, 40, 4), score)  # 10 wrong, all among the least confident
+    axis = Axis("a", "single", ["x", "z"], thresholds={"x": 0.9, "z": NEVER}, default_threshold=NEVER)
+    axis.evidence = {"x": {"auto": True, "threshold": 0.9}, "z": {"auto": False, "threshold": NEVER}}
+    seen = check_served(axis, probs, y, 0.98)
+    assert seen["n"] == n and seen["precision"] == 0.975 and seen["raised_by"] > 0
+    assert seen["precision_after"] >= 0.98 and seen["n_after"] < n
+    assert axis.thresholds["x"] == pytest.approx(0.9 + seen["raised_by"]) and axis.thresholds["z"] == NEVER
+    assert axis.evidence["x"]["threshold"] == axis.thresholds["x"] and axis.evidence["x"]["auto"]
+    # At the new cut the served head reaches the target; one step lower it did not.
+    top_ok = score >= axis.thresholds["x"]
+    assert (y[top_ok] == 0).mean() >= 0.98
+    # Already precise enough: untouched. Too few auto tags to say: not checked at all.
+    fine = Axis("a", "single", ["x", "z"], thresholds={"x": 0.9, "z": NEVER}, default_threshold=NEVER)
+    assert check_served(fine, *_served(n, np.array([0]), score), 0.98)["raised_by"] == 0.0
+    assert fine.thresholds["x"] == 0.9
+    few = Axis("a", "single", ["x", "z"], thresholds={"x": 0.9, "z": NEVER}, default_threshold=NEVER)
+    m = CHECK_MIN_AUTO - 1
+    assert check_served(few, *_served(m, np.arange(0, m, 2), score[:m]), 0.98) is None
+    assert few.thresholds["x"] == 0.9
+    multi = Axis("m", "multi", ["x", "z"])
+    assert check_served(multi, probs, np.zeros((n, 2)), 0.98) is None
