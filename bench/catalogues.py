@@ -7,19 +7,21 @@ baseline (TF-IDF character 1-4-grams + logistic regression, ``bench/baseline.py`
 training part, and scores both on the same held-out part, never trained or tuned on. Prints a
 markdown table for docs/MODEL.md and writes every report as JSON. Not a test. Usage:
     python -m bench.catalogues [--data ../shared/data] [--only grocery-store ...] \\
-        [--out runs/catalogues] [--baseline-folds 5]
+        [--out runs/catalogues] [--baseline-folds 5] [--set image_tail_epochs=0 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench.baseline import baseline_report
+from cli.model import train as tagger_train
 from cli.model import train_config
 from shared.ml.dataset import load_manifest
 from shared.ml.evaluation import headline
@@ -43,9 +45,10 @@ class Recipe:
 
 RECIPES = {
     "fashion-small": Recipe(note="tagger train's defaults"),
-    "grocery-store": Recipe({"near_duplicate_similarity": 0.80}, official_split="split",
+    "grocery-store": Recipe({"near_duplicate_similarity": 0.80, "image_tail_epochs": 5},
+                            official_split="split",
                             note="photos only; the official test split held out; "
-                            "--near-duplicate-similarity 0.8"),
+                            "--near-duplicate-similarity 0.8 --image-tail-epochs 5"),
     "product1m-zh-dev": Recipe(note="tagger train's defaults (the titles choose usem3)"),
 }
 
@@ -112,6 +115,17 @@ def _reusable(model_dir: Path, fingerprint: str, cfg: TrainConfig) -> dict | Non
     return manifest
 
 
+def _override(text: str) -> tuple[str, object]:
+    """``name=value`` from the command line: the value as JSON (numbers, true/false), else text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--set: expected OPTION=VALUE, not {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
@@ -122,7 +136,14 @@ def main() -> None:
                     help="keep a model already under --out trained on the same records and recipe")
     ap.add_argument("--baseline-folds", type=int, default=5,
                     help="the baseline's calibration folds (the model's are its recipe's, 5)")
+    ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                    help="override a recipe option (a tagger train parameter name), e.g. "
+                    "image_tail_epochs=0 to measure a recipe without one of its options")
     args = ap.parse_args()
+    overrides = dict(_override(o) for o in args.set)
+    unknown = set(overrides) - set(inspect.signature(tagger_train).parameters)
+    if unknown:
+        raise SystemExit(f"--set: not tagger train options: {', '.join(sorted(unknown))}")
     manifests = sorted(p for p in args.data.glob("*/dataset.yaml")
                        if args.only is None or p.parent.name in args.only)
     if not manifests:
@@ -135,7 +156,7 @@ def main() -> None:
         recipe = RECIPES.get(name, Recipe(note="tagger train's defaults"))
         t0 = time.perf_counter()
         holdout = official_test_ids(path, recipe.official_split) if recipe.official_split else None
-        cfg = replace(recipe.cfg)
+        cfg = replace(Recipe({**recipe.options, **overrides}).cfg)
         print(f"== {name}: {recipe.note or 'recipe'}", flush=True)
         data = prepare(path, cfg, holdout, show_progress=True)
         model = _reusable(args.out / name, data.fingerprint, cfg) if args.reuse else None

@@ -44,7 +44,8 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs",
           "head_min_steps": "--head-min-steps",
           "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
-          "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder"}
+          "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder",
+          "image_tail_epochs": "--image-tail-epochs", "image_tail_lr": "--image-tail-lr"}
 
 
 def train(
@@ -107,6 +108,13 @@ def train(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "
         "times. 0: exact copies only.")] = 0.0,
+    image_tail_epochs: Annotated[int, typer.Option(
+        help="Fine-tune the image backbone's last block and head conv this many epochs on the "
+        "training part's labels (and once per calibration fold), on maps of the frozen part "
+        "computed once per photo; 0: the backbone stays frozen (docs/MODEL.md, \"Fine-tuning "
+        "the image tail\").")] = 0,
+    image_tail_lr: Annotated[float, typer.Option(
+        help="Peak learning rate of the image tail (its per-axis classifiers: 10x).")] = 3e-4,
     holdout: Annotated[Path | None, typer.Option(
         help="File of record ids, one per line: the validation part (e.g. a catalogue's official "
         "test split) instead of a random grouped share.")] = None,
@@ -143,7 +151,8 @@ def train(
                        head_epochs=head_epochs, label_smoothing=label_smoothing,
                        class_weight_power=class_weight_power, lexical_buckets=lexical_buckets,
                        lexical_dim=lexical_dim, head_min_steps=head_min_steps,
-                       relative_stop=relative_stop)
+                       relative_stop=relative_stop, image_tail_epochs=image_tail_epochs,
+                       image_tail_lr=image_tail_lr)
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))
@@ -192,7 +201,8 @@ def train_config(**options):
         confidence=o["confidence"], validation_fraction=o["validation_fraction"],
         calibration_fraction=o["calibration_fraction"], min_value_count=o["min_value_count"],
         near_duplicate_similarity=o["near_duplicate_similarity"], text_experts=o["text_experts"],
-        text_encoder=getattr(enc, "value", enc),
+        text_encoder=getattr(enc, "value", enc), image_tail_epochs=o["image_tail_epochs"],
+        image_tail_lr=o["image_tail_lr"],
         head=HeadTrainConfig(fusion=getattr(fusion, "value", fusion), epochs=o["head_epochs"],
                              seed=o["seed"], label_smoothing=o["label_smoothing"],
                              class_weight_power=o["class_weight_power"],

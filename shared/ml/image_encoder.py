@@ -1,4 +1,8 @@
-"""Frozen pretrained image backbone (timm) + colour features, batched, decode on a thread pool.
+"""Pretrained image backbone (timm) + colour features, batched, decode on a thread pool.
+
+The backbone is frozen, except that a model may carry a tuned *tail* (its last block(s), the
+1x1 head conv and its norm; :mod:`shared.ml.image_tuning`): those tensors replace the pretrained
+ones, and the encoder id names their digest, so cached embeddings never mix tuned and untuned.
 
 On CUDA the JPEGs of a batch are decoded on the GPU (:mod:`shared.ml.decode`, nvJPEG) and only what
 it does not take goes through PIL; host tensors bound for the GPU travel from pinned memory.
@@ -109,6 +113,29 @@ def _load_state_dict(path: Path, model: torch.nn.Module) -> dict[str, torch.Tens
     return state
 
 
+def tail_digest(tail: dict[str, torch.Tensor]) -> str:
+    """A short digest of a tuned tail's tensors (names, shapes, float32 bytes), for the encoder id."""
+    h = hashlib.sha256()
+    for name in sorted(tail):
+        t = tail[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def load_tail(model: torch.nn.Module, tail: dict[str, torch.Tensor]) -> None:
+    """Replace the backbone's tensors that ``tail`` names; ArtifactError if one is not the
+    backbone's or has another shape (a tail tuned for another architecture)."""
+    state = model.state_dict()
+    for name, t in tail.items():
+        if name not in state:
+            raise ArtifactError(f"image tail tensor '{name}' is not a tensor of this backbone")
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise ArtifactError(f"image tail tensor '{name}' has shape {tuple(t.shape)}, the backbone's "
+                                f"is {tuple(state[name].shape)}")
+    model.load_state_dict({**state, **{k: v.to(state[k].dtype) for k, v in tail.items()}})
+
+
 class ImageEncoder:
     """Image bytes -> [backbone embedding ‖ colour features]; ``None`` rows mark failed images."""
 
@@ -123,9 +150,11 @@ class ImageEncoder:
         max_image_bytes: int = 10_000_000,
         max_image_pixels: int = 40_000_000,
         gpu_decode: bool | None = None,
+        tail: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """``gpu_decode``: decode JPEGs with torchvision.io on the model's device (None: when it is
-        CUDA; True on the CPU uses torchvision's CPU decoder, which is how it is tested)."""
+        CUDA; True on the CPU uses torchvision's CPU decoder, which is how it is tested).
+        ``tail``: a model's tuned tail tensors (backbone state-dict names) over the pretrained ones."""
         import timm
 
         self.arch = arch
@@ -139,12 +168,16 @@ class ImageEncoder:
             raise ArtifactError(f"image encoder weights not found: {path}")
         model = timm.create_model(arch, pretrained=False, num_classes=0)
         model.load_state_dict(_load_state_dict(path, model))
+        if tail:
+            load_tail(model, tail)
         model.eval().to(self.device, memory_format=torch.channels_last)
         self.model = model
         self.backbone_dim = int(model.num_features)
         self.dim = self.backbone_dim + COLOUR_DIM
+        self.tail_digest = tail_digest(tail) if tail else None
         self.encoder_id = (
             f"timm:{arch}@{_file_digest(path)}:{self.pre.resize}/{self.pre.crop}+{COLOUR_VERSION}"
+            + (f"+tail:{self.tail_digest}" if self.tail_digest else "")
         )
         interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
         self._transform = T.Compose([
@@ -167,13 +200,15 @@ class ImageEncoder:
     @classmethod
     def from_settings(
         cls, settings: Settings, *, arch: str = DEFAULT_ARCH, preprocessing: ImagePreprocessing | None = None,
+        tail: dict[str, torch.Tensor] | None = None,
     ) -> ImageEncoder:
-        """The backbone from the settings' weights, device, batch size and image limits; ``arch`` and
-        ``preprocessing`` are what a model pins. Training and serving both build it here."""
+        """The backbone from the settings' weights, device, batch size and image limits; ``arch``,
+        ``preprocessing`` and a tuned ``tail`` are what a model pins. Training and serving both
+        build it here."""
         return cls(settings.image_weights_path, arch=arch, preprocessing=preprocessing,
                    device=settings.device, batch_size=settings.encode_batch_size,
                    decode_threads=settings.decode_threads, max_image_bytes=settings.max_image_bytes,
-                   max_image_pixels=settings.max_image_pixels)
+                   max_image_pixels=settings.max_image_pixels, tail=tail)
 
     def decode(self, data: bytes) -> Image.Image:
         """Bytes -> RGB image, refusing oversized files and decompression bombs before decoding."""

@@ -20,6 +20,7 @@ from shared.errors import ArtifactError
 MANIFEST = "manifest.json"
 HEAD = "head.safetensors"
 ADAPTER = "text_adapter.safetensors"
+IMAGE_TAIL = "image_tail.safetensors"  # optional: a model whose image backbone's tail was tuned
 FORMAT = 1  # the manifest format this code reads and writes
 
 AxisKind = Literal["single", "multi"]
@@ -67,6 +68,9 @@ class ImageEncoderSpec(_Spec):
     dim: int | None = None
     # The fields of shared.ml.image_encoder.ImagePreprocessing (that module owns them).
     preprocessing: dict[str, Any]
+    # A tuned tail (shared.ml.image_tuning) in image_tail.safetensors: its blocks, digest (also in
+    # ``id``), training log. None: the pretrained backbone, as every model before it.
+    tail: dict[str, Any] | None = None
 
 
 class EncodersSpec(_Spec):

@@ -85,10 +85,11 @@ def build_head(manifest: dict, state: dict[str, torch.Tensor] | None = None) -> 
 
 def load_encoders(
     spec: EncodersSpec, adapter: dict[str, torch.Tensor] | None, settings: Settings, version: str,
+    image_tail: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TextEncoder | UseTextEncoder, ImageEncoder]:
     """The encoders a model was trained with, built from the settings; ArtifactError if the ones
-    here are not those (other weights, or an adapter that is not the trained one). The text
-    encoder is the kind the manifest records, whatever TAGGER_TEXT_ENCODER says."""
+    here are not those (other weights, or an adapter or image tail that is not the trained one).
+    The text encoder is the kind the manifest records, whatever TAGGER_TEXT_ENCODER says."""
     t, i = spec.text, spec.image
     text = build_text_encoder(t.kind, settings, max_length=t.max_length, adapter=adapter, lora=t.lora,
                               include_base=t.include_base)
@@ -104,7 +105,8 @@ def load_encoders(
     except TypeError as exc:
         raise ArtifactError(f"model {version}: image preprocessing {i.preprocessing} is not one this "
                             f"code can apply ({exc})") from None
-    image = ImageEncoder.from_settings(settings, arch=i.arch, preprocessing=preprocessing)
+    # A tuned tail's digest is part of the id: a tail that is not the trained one fails below.
+    image = ImageEncoder.from_settings(settings, arch=i.arch, preprocessing=preprocessing, tail=image_tail)
     if image.encoder_id != i.id:
         raise ArtifactError(
             f"model {version} needs image encoder {i.id}, but the weights here give {image.encoder_id}")
@@ -161,7 +163,7 @@ class Tagger:
         s = settings or get_settings()
         artifact = load_artifact(model_dir or s.model_dir)
         spec = EncodersSpec.model_validate(artifact.manifest["encoders"])  # checked by load_artifact
-        text, image = load_encoders(spec, artifact.adapter, s, artifact.version)
+        text, image = load_encoders(spec, artifact.adapter, s, artifact.version, artifact.image_tail)
         return cls(artifact, text, image, cache)
 
     def lexical(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -27,6 +27,7 @@ from shared.ml.features import image_features, text_features
 from shared.ml.head import FusionHead
 from shared.ml.head_training import Features, train_head
 from shared.ml.image_encoder import ImageEncoder
+from shared.ml.image_tuning import FrozenMaps, fold_image, tail_for_training
 from shared.ml.labels import Axis, build_axes, targets
 from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
@@ -160,11 +161,13 @@ def logits_to_probs(head: FusionHead, axes: list[Axis], f: Features, device) -> 
 def calibration_scores(
     data: Prepared, axes: list[Axis], y: dict[str, np.ndarray], feats: Features,
     head: FusionHead, s: Settings, cfg: TrainConfig, device: torch.device, show_progress: bool,
-    experts: TextExperts | None = None,
+    experts: TextExperts | None = None, image_enc: ImageEncoder | None = None,
+    maps: FrozenMaps | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """The records to calibrate on, their logits per axis, and a log: out-of-fold over train +
     calibration (``cfg.calibration_folds`` grouped folds), else the served head's on the
-    calibration part (folds <= 1, or too few duplicate groups to fold)."""
+    calibration part (folds <= 1, or too few duplicate groups to fold). With ``maps`` each fold
+    tunes its own image tail from the pretrained ``image_enc`` (shared.ml.image_tuning)."""
     cal = data.parts["calibration"]
     pool = np.sort(np.concatenate([data.parts["train"], cal]))
     groups = data.groups
@@ -178,10 +181,14 @@ def calibration_scores(
     texts = [r.text for r in data.records]
     in_pool = np.zeros(len(texts), dtype=bool)
     in_pool[pool] = True
+    tail_logs: list[dict] = []
 
     def features_for(fit: np.ndarray) -> Features:
-        """Features as a model whose text adapter and text experts learnt from ``fit`` alone see them."""
+        """Features as seen by a model whose adapter, experts and image tail learnt from ``fit`` alone."""
         f = feats
+        if maps is not None and image_enc is not None:  # the fold's own tail, for the pool's photos
+            f = replace(f, image=fold_image(image_enc, maps, fit, pool, f.image, y, axes, cfg,
+                                            show_progress, tail_logs))
         if cfg.finetune_text:
             enc, _ = tuned_text_encoder(s, [texts[i] for i in fit],
                                         {a.name: y[a.name][fit] for a in axes}, axes, cfg, show_progress)
@@ -200,7 +207,8 @@ def calibration_scores(
     logits, log = cross_fit_logits(axes, pool, groups, y, features_for, k, stop_share, cfg.head,
                                    device, cfg.seed, show_progress)
     return pool, logits, {"method": "cross-fit", "n": int(len(pool)), "k": k,
-                          "confidence": cfg.confidence, **log}
+                          "confidence": cfg.confidence, **log,
+                          **({"image_tails": tail_logs} if tail_logs else {})}
 
 
 def _validation_report(head: FusionHead, axes: list[Axis], f: Features, y: dict[str, np.ndarray],
@@ -261,6 +269,11 @@ def train_prepared(
     image_enc = ImageEncoder.from_settings(s)
     ix, im = data.image_features or image_features(image_enc, data.blobs, cache, show_progress)
     timings["image_features_s"] = time.perf_counter() - t0
+    maps, tail_state, tail_doc, pretrained = None, None, None, image_enc
+    if cfg.image_tail_epochs and im[train_idx].any():  # the tuned image tail replaces the backbone's
+        ix, maps, image_enc, tail_state, tail_doc, t = tail_for_training(
+            image_enc, data.blobs, ix, im, data.parts, y, axes, cfg, s, show_progress)
+        timings.update(t)
 
     t0 = time.perf_counter()
     texts = [r.text for r in recs]
@@ -299,7 +312,7 @@ def train_prepared(
     # Calibrate: temperatures first, then thresholds with a precision lower bound (calibration).
     t0 = time.perf_counter()
     cal_idx, cal_logits, cal_log = calibration_scores(data, axes, y, feats, head, s, cfg, device,
-                                                      show_progress, experts)
+                                                      show_progress, experts, pretrained, maps)
     for a in axes:
         lg, yc = cal_logits[a.name], y[a.name][cal_idx]
         a.temperature = fit_temperature(a, lg, yc)
@@ -350,8 +363,8 @@ def train_prepared(
                      "pooling": text_enc.pooling, "normalise": True,
                      "lora": text_enc.lora if adapter is not None else None,
                      "include_base": text_enc.dual},
-            "image": {"id": image_enc.encoder_id, "arch": image_enc.arch,
-                      "dim": image_enc.dim, "preprocessing": asdict(image_enc.pre)},
+            "image": {"id": image_enc.encoder_id, "arch": image_enc.arch, "dim": image_enc.dim,
+                      "preprocessing": asdict(image_enc.pre), **({"tail": tail_doc} if tail_doc else {})},
         },
         "head": {"config": head.cfg.to_json()},
         "axes": {a.name: a.to_json() for a in axes},
@@ -380,6 +393,7 @@ def train_prepared(
     state = head.export_state()  # float32, the lexical tables float16
     save_artifact(out_dir, Artifact(manifest=manifest, head=state, adapter=adapter,
                                     novelty=guard.arrays(),
-                                    experts=experts.arrays() if experts is not None else None))
+                                    experts=experts.arrays() if experts is not None else None,
+                                    image_tail=tail_state))
     cache.close()
     return manifest

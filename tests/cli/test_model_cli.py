@@ -53,6 +53,7 @@ def test_train_help_shows_a_sensible_finetune_pair() -> None:
     (["--lexical-buckets", "1"], "--lexical-buckets"),
     (["--lexical-buckets", "-5"], "--lexical-buckets"),
     (["--lexical-buckets", "1024", "--lexical-dim", "0"], "--lexical-dim"),
+    (["--image-tail-epochs", "-1"], "--image-tail-epochs"),
 ])
 def test_train_refuses_bad_options_before_training(
     tmp_path: Path, sample_manifest: Path, args: list[str], named: str,
