@@ -32,8 +32,10 @@ def test_the_shipped_manifest_parses_and_round_trips_byte_for_byte() -> None:
     doc = shipped()
     assert manifest.version == doc["version"]
     assert manifest.format == FORMAT
-    # The shipped model reads the frozen text encoder (no adapter: docs/MODEL.md says why).
-    assert manifest.files == [HEAD, "novelty.safetensors"] and not manifest.has_adapter
+    # The shipped model reads the frozen text encoder (no adapter: docs/MODEL.md says why) and
+    # carries its text experts (the baseline's regressions, shared.ml.experts).
+    assert manifest.files == [HEAD, "novelty.safetensors", "experts.safetensors"]
+    assert not manifest.has_adapter and doc["experts"]["axes"]["articleType"]["weight"] > 0
     assert manifest.disagreement is not None and manifest.novelty is not None
     assert list(manifest.axes) == list(doc["axes"])
     gender = manifest.axes["gender"]

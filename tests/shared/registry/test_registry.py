@@ -41,7 +41,8 @@ def test_publish_then_fetch_round_trip(store: Any, make_model: MakeModel, tmp_pa
     model = make_model("v1")
     uri, checks = publish_artifact(store, model)
     assert uri == store.uri("models/v1")
-    assert set(checks["files"]) == {"manifest.json", "head.safetensors", "novelty.safetensors"}
+    assert set(checks["files"]) == {"manifest.json", "head.safetensors", "novelty.safetensors",
+                                    "experts.safetensors"}
     assert store.list("models/v1/") == sorted(
         f"models/v1/{n}" for n in [*checks["files"], "checksums.json"])
 
@@ -198,7 +199,7 @@ def test_weights_that_match_their_checksums_but_do_not_load_never_go_live(
     head = (model / "head.safetensors").read_bytes()[:1000]
     manifest = (model / "manifest.json").read_bytes()
     blobs = {"manifest.json": manifest, "head.safetensors": head}
-    for name in ("novelty.safetensors",):  # whole, as the manifest lists it
+    for name in ("novelty.safetensors", "experts.safetensors"):  # whole, as the manifest lists them
         blobs[name] = (model / name).read_bytes()
     for name, data in blobs.items():
         local_store.put(f"models/v2/{name}", data)
