@@ -118,9 +118,11 @@ def test_a_model_trained_with_experts_saves_loads_and_predicts(
         assert not np.allclose(with_experts[name], without[name]), name
 
 
-def test_a_model_without_experts_has_none(settings: Settings) -> None:
+def test_a_model_without_experts_has_none(settings: Settings, sample_model: Path) -> None:
     from shared.ml.predictor import Tagger
 
-    tagger = Tagger.load(settings=settings)  # the shipped model
+    tagger = Tagger.load(sample_model, settings=settings)  # trained without them (library default)
     assert tagger.experts is None and tagger.offsets(["x"]) is None
     assert "experts" not in tagger.manifest
+    shipped = Tagger.load(settings=settings)  # the shipped model carries them since 2026-12-07
+    assert shipped.experts is not None and shipped.offsets(["x"])["articleType"].shape[0] == 1
