@@ -192,18 +192,19 @@ class TextEncoder:
 
 
 def minilm_unknown_share(settings: Settings, texts: list[str]) -> float:
-    """The share of the texts' tokens MiniLM's tokenizer reads as [UNK] (the tokenizer alone
-    loads: a fraction of a second), to choose an encoder by what it can read."""
+    """The mean share of a title's tokens MiniLM's tokenizer reads as [UNK] (the novelty guard's
+    measure; the tokenizer alone loads: a fraction of a second), to choose an encoder by what it
+    can read."""
     from transformers import AutoTokenizer
+
+    from shared.ml.novelty import unknown_token_share
 
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         return 0.0
     path = settings.text_model_path or default_text_model_path()
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    ids = tok(texts, add_special_tokens=False)["input_ids"]
-    total = sum(len(row) for row in ids)
-    return sum(i == tok.unk_token_id for row in ids for i in row) / total if total else 0.0
+    return float(unknown_token_share(tok, texts).mean())
 
 
 def build_text_encoder(
