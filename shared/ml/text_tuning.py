@@ -130,16 +130,16 @@ def tuned_text_encoder(
     part if it can be; tuned adapters are cached by their inputs, so re-running the same training
     does not tune again."""
     kind = cfg.text_encoder or settings.text_encoder or "minilm"
-    enc = build_text_encoder(kind, settings, include_base=cfg.text_include_base)
+    enc = build_text_encoder(kind, settings, include_base=cfg.text_include_base, windows=cfg.text_windows)
     if not cfg.finetune_text or kind not in LORA_TUNABLE:
         return enc, None
     lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r}
     path = settings.cache_dir / "adapters" / (
-        _adapter_cache_key(enc.base_id, texts, y, cfg, axes) + ".safetensors")
+        _adapter_cache_key(enc.base_id + enc.windows_id, texts, y, cfg, axes) + ".safetensors")
     if path.is_file():
         state = load_file(str(path))
         enc = build_text_encoder(kind, settings, adapter=state, lora=lora,
-                                 include_base=cfg.text_include_base)
+                                 include_base=cfg.text_include_base, windows=cfg.text_windows)
         return enc, state
     state = tune_text_encoder(enc, texts, y, axes, epochs=cfg.text_epochs, lr=cfg.text_lr,
                               seed=cfg.seed, lora=lora, show_progress=show_progress)

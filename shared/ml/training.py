@@ -362,7 +362,7 @@ def train_prepared(
                      "name": text_enc.name, "dim": text_enc.dim, "max_length": text_enc.max_length,
                      "pooling": text_enc.pooling, "normalise": True,
                      "lora": text_enc.lora if adapter is not None else None,
-                     "include_base": text_enc.dual},
+                     "include_base": text_enc.dual, "windows": getattr(text_enc, "windows", None)},
             "image": {"id": image_enc.encoder_id, "arch": image_enc.arch, "dim": image_enc.dim,
                       "preprocessing": asdict(image_enc.pre), **({"tail": tail_doc} if tail_doc else {})},
         },
