@@ -136,6 +136,9 @@ def main() -> None:
                     help="keep a model already under --out trained on the same records and recipe")
     ap.add_argument("--baseline-folds", type=int, default=5,
                     help="the baseline's calibration folds (the model's are its recipe's, 5)")
+    ap.add_argument("--skip-baseline", action="store_true",
+                    help="train the models only (the baseline's rows and split do not change with "
+                    "the model's recipe: reuse a table made before)")
     ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                     help="override a recipe option (a tagger train parameter name), e.g. "
                     "image_tail_epochs=0 to measure a recipe without one of its options")
@@ -163,7 +166,7 @@ def main() -> None:
         if model is None:
             model = train_prepared(data, args.out / name, cfg=cfg, show_progress=True,
                                    scores_out=args.out / f"{name}-scores.npz")
-        base = baseline_report(data, args.baseline_folds, cfg)
+        base = {"axes": None} if args.skip_baseline else baseline_report(data, args.baseline_folds, cfg)
         results.append({"catalogue": name, "note": recipe.note, "model": model, "baseline": base,
                         "seconds": round(time.perf_counter() - t0, 1)})
         (args.out / f"{name}.json").write_text(json.dumps(results[-1], indent=2, ensure_ascii=False) + "\n")

@@ -46,7 +46,7 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
           "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder",
           "image_tail_epochs": "--image-tail-epochs", "image_tail_lr": "--image-tail-lr",
-          "text_windows": "--text-windows"}
+          "text_windows": "--text-windows", "pool_thin_values": "--pool-thin-values"}
 
 
 def train(
@@ -67,7 +67,8 @@ def train(
     text_windows: Annotated[int, typer.Option(
         help="minilm reads a text longer than its 64-token window as up to this many windows, "
         "pooled together (beyond them: the first windows and the last); 1: cut at 64 tokens "
-        "(docs/MODEL.md, \"Long texts\").")] = 4,
+        "(docs/MODEL.md, \"Long texts\": windows read a title buried after boilerplate but "
+        "dilute one that comes first).")] = 1,
     fusion: Fusion = Fusion.gated,
     head_epochs: int = 40,
     head_min_steps: Annotated[int, typer.Option(
@@ -109,6 +110,10 @@ def train(
         help="Add the baseline's per-axis logistic regressions on the title's character n-grams "
         "to the head's logits, weighted per axis on the calibration part (costs 1 + "
         "--calibration-folds regression fits; docs/MODEL.md, \"Text experts\").")] = True,
+    pool_thin_values: Annotated[bool, typer.Option(
+        help="Values predicted too rarely to prove the target precision alone (fewer than 149 "
+        "calibration predictions for .98) prove it together, under the same bound, at one "
+        "shared cut per axis; off: they are never auto-applied (docs/MODEL.md, \"Thin values\").")] = True,
     near_duplicate_similarity: Annotated[float, typer.Option(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "
@@ -157,7 +162,8 @@ def train(
                        class_weight_power=class_weight_power, lexical_buckets=lexical_buckets,
                        lexical_dim=lexical_dim, head_min_steps=head_min_steps,
                        relative_stop=relative_stop, image_tail_epochs=image_tail_epochs,
-                       image_tail_lr=image_tail_lr, text_windows=text_windows)
+                       image_tail_lr=image_tail_lr, text_windows=text_windows,
+                       pool_thin_values=pool_thin_values)
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))
@@ -208,6 +214,7 @@ def train_config(**options):
         near_duplicate_similarity=o["near_duplicate_similarity"], text_experts=o["text_experts"],
         text_encoder=getattr(enc, "value", enc), image_tail_epochs=o["image_tail_epochs"],
         image_tail_lr=o["image_tail_lr"], text_windows=o["text_windows"],
+        pool_thin_values=o["pool_thin_values"],
         head=HeadTrainConfig(fusion=getattr(fusion, "value", fusion), epochs=o["head_epochs"],
                              seed=o["seed"], label_smoothing=o["label_smoothing"],
                              class_weight_power=o["class_weight_power"],

@@ -70,6 +70,11 @@ def auto_lines(manifest: dict) -> list[str]:
         never = sorted((v for v in a["values"] if not ev.get(v, {}).get("auto")),
                        key=lambda v: -ev.get(v, {}).get("proposed", 0))
         head = f"  {escape(name)}: {len(a['values']) - len(never)} of {len(a['values'])} auto"
+        pool = next((e["pool"] for e in ev.values() if e.get("pooled")), None)
+        if pool:
+            head += (f" ({pool['values']} of them too rare to prove alone, proven together: "
+                     f"{pool['hits']} of {pool['n']} right from {pool['threshold']:.3f}, bound "
+                     f"{pool['lower_bound']:.3f})")
         if not never:
             lines.append(head)
             continue

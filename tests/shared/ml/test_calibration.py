@@ -15,6 +15,7 @@ from shared.ml.calibration import (
     NEVER,
     fit_temperature,
     fit_thresholds,
+    per_value,
     softmax,
     value_threshold,
 )
@@ -238,3 +239,57 @@ def test_the_served_head_must_keep_what_the_folds_proved() -> None:
     assert few.thresholds["x"] == 0.9
     multi = Axis("m", "multi", ["x", "z"])
     assert check_served(multi, probs, np.zeros((n, 2)), 0.98) is None
+
+
+def _thin_axis(n_values: int, per_value: int, right_share: float, seed: int = 0):
+    """Calibration predictions of ``n_values`` rare values (``per_value`` each, too few to prove
+    .98 alone) plus one common value with 400 predictions, all right; ``right_share`` of the rare
+    values' predictions scoring above .9 are right, and everything under .9 is wrong."""
+    rng = np.random.default_rng(seed)
+    values = ["common"] + [f"rare{i}" for i in range(n_values)]
+    preds = {"common": (rng.uniform(0.8, 1.0, 400), np.ones(400, bool))}
+    for v in values[1:]:
+        s = rng.uniform(0.6, 1.0, per_value)
+        preds[v] = (s, (s > 0.9) & (rng.random(per_value) < right_share))
+    return Axis("a", "single", values), preds
+
+
+def fit_thresholds_from(axis: Axis, preds: dict, pool: bool) -> None:
+    per_value(axis, [preds[v][0] for v in axis.values], [preds[v][1] for v in axis.values],
+               0.98, 0.95, pool_thin=pool)
+
+
+def test_thin_values_are_proven_together_and_only_together() -> None:
+    axis, preds = _thin_axis(n_values=30, per_value=40, right_share=1.0)
+    fit_thresholds_from(axis, preds, pool=False)
+    assert all(axis.thresholds[v] == NEVER for v in axis.values[1:])  # 40 right of 40 proves nothing
+    assert axis.thresholds["common"] < NEVER
+    fit_thresholds_from(axis, preds, pool=True)
+    pooled = [v for v in axis.values[1:] if axis.thresholds[v] < NEVER]
+    assert pooled == axis.values[1:]
+    cut = axis.thresholds["rare0"]
+    assert 0.89 <= cut <= 0.95 and all(axis.thresholds[v] == cut for v in pooled)
+    pool = axis.evidence["rare0"]["pool"]
+    assert pool["values"] == 30 and pool["lower_bound"] >= 0.98 and axis.evidence["rare0"]["pooled"]
+    assert "pool" not in axis.evidence["common"]  # a value with its own proof keeps its own cut
+    # On fresh draws from the same values the pooled cut keeps the promise.
+    _, fresh = _thin_axis(n_values=30, per_value=40, right_share=1.0, seed=1)
+    s = np.concatenate([fresh[v][0] for v in pooled])
+    c = np.concatenate([fresh[v][1] for v in pooled])
+    assert c[s >= cut].mean() >= 0.98
+
+
+def test_a_pool_of_imprecise_thin_values_stays_off() -> None:
+    axis, preds = _thin_axis(n_values=30, per_value=40, right_share=0.9)
+    fit_thresholds_from(axis, preds, pool=True)
+    assert all(axis.thresholds[v] == NEVER for v in axis.values[1:])
+    assert not any(axis.evidence[v]["auto"] for v in axis.values[1:])
+
+
+def test_a_value_with_evidence_enough_that_fails_is_not_pooled() -> None:
+    axis, preds = _thin_axis(n_values=30, per_value=40, right_share=1.0)
+    s = np.linspace(0.95, 1.0, 300)
+    preds["common"] = (s, np.arange(300) % 10 != 0)  # 300 proposals, 90% right: its own record
+    fit_thresholds_from(axis, preds, pool=True)
+    assert axis.thresholds["common"] == NEVER and "pool" not in axis.evidence["common"]
+    assert axis.thresholds["rare0"] < NEVER

@@ -59,7 +59,8 @@ def test_rare_values_are_named_per_axis() -> None:
 
 
 def test_calibration_gaps_say_which_values_can_never_be_auto() -> None:
-    from shared.ml.train_config import calibration_gaps, needed_for_auto
+    from shared.ml.bounds import needed_for_auto
+    from shared.ml.train_config import calibration_gaps
 
     assert needed_for_auto(0.98, 0.95) == 149  # the number docs/MODEL.md and calibration.py quote
     a = Axis("colour", "single", ["red", "blue", "teal"])
