@@ -113,7 +113,8 @@ def train(
     pool_thin_values: Annotated[bool, typer.Option(
         help="Values predicted too rarely to prove the target precision alone (fewer than 149 "
         "calibration predictions for .98) prove it together, under the same bound, at one "
-        "shared cut per axis; off: they are never auto-applied (docs/MODEL.md, \"Thin values\").")] = True,
+        "shared cut per axis; off: they are never auto-applied. Off by default: on grocery-store's "
+        "leaky photo folds the group broke the promise (docs/MODEL.md, \"Thin values\").")] = False,
     near_duplicate_similarity: Annotated[float, typer.Option(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "
