@@ -103,6 +103,15 @@ def training_warnings(manifest: dict) -> list[str]:
         lines.append(f"axis {axis}: {len(dropped)} values seen fewer than {min_count} times in "
                      f"training are not learnt (training count): {', '.join(names)}{more} "
                      "(all in manifest.json training.dropped_values; --min-value-count lowers the bar)")
+    inputs = tr.get("inputs") or {}
+    if inputs.get("image") and not inputs.get("text") and not tr.get("config", {}).get(
+            "near_duplicate_similarity"):
+        lines.append("photos only, and only identical photos kept together across the calibration "
+                     "folds: if the catalogue photographs an item more than once, its shots sit on "
+                     "both sides of a fold and the auto thresholds are optimistic (grocery-store: "
+                     "auto precision top_category .974, coarse_category .945 on its test split); "
+                     "--near-duplicate-similarity 0.8 keeps near-identical shots together "
+                     "(docs/MODEL.md, \"The other catalogues\")")
     target = manifest.get("target_precision")
     for axis, gap in (tr.get("calibration", {}).get("gaps") or {}).items():
         if gap["auto_values"] == 0:

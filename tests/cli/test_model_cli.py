@@ -143,3 +143,14 @@ def test_the_commands_defaults_are_the_measured_recipe() -> None:
     changed = train_config(text_experts=False, lexical_buckets=1024, near_duplicate_similarity=0.8)
     assert not changed.text_experts and changed.head.lexical_buckets == 1024
     assert changed.near_duplicate_similarity == 0.8
+
+
+def test_a_photo_only_catalogue_without_near_duplicate_grouping_is_warned() -> None:
+    def lines(inputs: dict, similarity: float) -> list[str]:
+        return cli_report.training_warnings({"target_precision": 0.98, "training": {
+            "inputs": inputs, "config": {"near_duplicate_similarity": similarity}}})
+
+    assert any("--near-duplicate-similarity 0.8" in ln for ln in lines({"text": 0, "image": 50}, 0.0))
+    assert not lines({"text": 0, "image": 50}, 0.8)
+    assert not lines({"text": 50, "image": 50}, 0.0)  # titles: the folds group by title too
+    assert not lines({}, 0.0)  # a manifest from before inputs were recorded
