@@ -154,3 +154,18 @@ def test_a_photo_only_catalogue_without_near_duplicate_grouping_is_warned() -> N
     assert not lines({"text": 0, "image": 50}, 0.8)
     assert not lines({"text": 50, "image": 50}, 0.0)  # titles: the folds group by title too
     assert not lines({}, 0.0)  # a manifest from before inputs were recorded
+
+
+def test_train_lists_auto_values_and_a_pooled_group() -> None:
+    pool = {"values": 2, "proposed": 300, "n": 250, "hits": 248, "lower_bound": 0.9812,
+            "threshold": 0.91, "auto": True}
+    manifest = {"target_precision": 0.98, "training": {"calibration": {
+        "method": "cross-fit", "n": 1000, "k": 5, "confidence": 0.95}}, "axes": {"type": {
+            "values": ["Tshirts", "Ties", "Cufflinks", "Wallets"], "evidence": {
+                "Tshirts": {"auto": True, "proposed": 600},
+                "Ties": {"auto": True, "pooled": True, "proposed": 100, "pool": pool},
+                "Cufflinks": {"auto": True, "pooled": True, "proposed": 90, "pool": pool},
+                "Wallets": {"auto": False, "proposed": 400, "lower_bound": 0.9512}}}}}
+    text = " ".join(cli_report.auto_lines(manifest))
+    assert "type: 3 of 4 auto (2 of them too rare to prove alone, proven together: 248 of 250" in text
+    assert "never auto[/]: Wallets (400 predicted, best bound 0.951)" in text
