@@ -7,6 +7,8 @@ one call scores every (axis, value) at once. Plain numbers in and out: no torch,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -53,8 +55,6 @@ def precision_upper_bound(hits: ArrayLike, n: ArrayLike, confidence: float = CON
 def needed_for_auto(target: float, confidence: float = CONFIDENCE) -> int:
     """The fewest predictions that can prove ``target`` precision at ``confidence`` even when
     every one is right (149 for .98 at 95%)."""
-    import math
-
     n = max(1, math.ceil(math.log(1 - confidence) / math.log(target))) if target < 1 else 10**9
     while n > 1 and precision_lower_bound(n - 1, n - 1, confidence) >= target:
         n -= 1
