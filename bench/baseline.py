@@ -76,8 +76,9 @@ def main() -> None:
     ap.add_argument("--calibration-folds", type=int, default=0,
                     help="grouped folds of out-of-fold calibration scores (0: the calibration part)")
     ap.add_argument("--holdout", type=Path, default=None, help="ids file: the validation part")
-    ap.add_argument("--near-duplicate-similarity", type=float, default=0.0,
-                    help="as tagger train's option of that name: the same groups, split and folds")
+    ap.add_argument("--near-duplicate-similarity", type=float, default=None,
+                    help="as tagger train's option of that name (and its default): the same "
+                    "groups, split and folds")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args()
     cfg = TrainConfig(near_duplicate_similarity=args.near_duplicate_similarity)

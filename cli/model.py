@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
-from cli.model_report import auto_lines, metrics_table, training_warnings, warn
+from cli.model_report import auto_lines, metrics_table, near_duplicate_line, training_warnings, warn
 from cli.output import console, out, show_warnings
 from cli.output import fail as _fail
 from shared.config import TEXT_ENCODERS
@@ -115,10 +115,11 @@ def train(
         "calibration predictions for .98) prove it together, under the same bound, at one "
         "shared cut per axis; off: they are never auto-applied. Off by default: on grocery-store's "
         "leaky photo folds the group broke the promise (docs/MODEL.md, \"Thin values\").")] = False,
-    near_duplicate_similarity: Annotated[float, typer.Option(
+    near_duplicate_similarity: Annotated[float | None, typer.Option(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "
-        "times. 0: exact copies only.")] = 0.0,
+        "times. Default: 0.8 for a catalogue of photos without titles, else 0 (exact copies "
+        "only).", show_default=False)] = None,
     image_tail_epochs: Annotated[int, typer.Option(
         help="Fine-tune the image backbone's last block and head conv this many epochs on the "
         "training part's labels (and once per calibration fold), on maps of the frozen part "
@@ -178,6 +179,8 @@ def train(
     if choice.get("note"):
         out.print(f"text encoder {choice['kind']} (from {choice['chosen_by']}): {escape(choice['note'])}",
                   soft_wrap=True)
+    if (near := near_duplicate_line(manifest)) is not None:
+        out.print(escape(near), soft_wrap=True)
     for line in training_warnings(manifest):
         warn(line)
     out.print(metrics_table(

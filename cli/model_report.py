@@ -85,6 +85,18 @@ def auto_lines(manifest: dict) -> list[str]:
     return lines
 
 
+def near_duplicate_line(manifest: dict) -> str | None:
+    """What near-duplicate photo grouping did to the split, when it ran: a user should know their
+    photos were grouped, why, and how to turn it off."""
+    near = manifest["training"].get("near_duplicates")
+    if not near:
+        return None
+    return (f"near-identical photos kept on one side of every split and fold: similarity "
+            f"{near['similarity']:g} (chosen by: {near.get('chosen_by', '--near-duplicate-similarity')}), "
+            f"{near['joined']} joins of {near['pairs']} pairs, largest group {near['largest_group']} "
+            "(--near-duplicate-similarity 0: identical photos only)")
+
+
 NAMES_SHOWN = 20  # dropped values named per axis on the terminal; all are in manifest.json
 
 def warn(message: str) -> None:
@@ -106,11 +118,12 @@ def training_warnings(manifest: dict) -> list[str]:
     inputs = tr.get("inputs") or {}
     if inputs.get("image") and not inputs.get("text") and not tr.get("config", {}).get(
             "near_duplicate_similarity"):
-        lines.append("photos only, and only identical photos kept together across the calibration "
-                     "folds: if the catalogue photographs an item more than once, its shots sit on "
-                     "both sides of a fold and the auto thresholds are optimistic (grocery-store: "
-                     "auto precision top_category .974, coarse_category .945 on its test split); "
-                     "--near-duplicate-similarity 0.8 keeps near-identical shots together "
+        lines.append("photos only, and near-duplicate grouping turned off (only identical photos "
+                     "kept together across the calibration folds): if the catalogue photographs an "
+                     "item more than once, its shots sit on both sides of a fold and the auto "
+                     "thresholds are optimistic (grocery-store: auto precision top_category .974, "
+                     "coarse_category .945 on its test split); the default for photos without "
+                     "titles, --near-duplicate-similarity 0.8, keeps near-identical shots together "
                      "(docs/MODEL.md, \"The other catalogues\")")
     target = manifest.get("target_precision")
     for axis, gap in (tr.get("calibration", {}).get("gaps") or {}).items():

@@ -113,6 +113,24 @@ def near_duplicate_pairs(
     return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss)
 
 
+def max_near_duplicate_group(n: int) -> int:
+    """The largest group near-duplicate photos may build among ``n`` photos: one item's shots, not
+    a whole look-alike value (a value grouped whole would leave the served head's training with
+    the calibration part)."""
+    return max(2, min(20, n // 150))
+
+
+def group_near_duplicates(
+    groups: np.ndarray, vectors: np.ndarray, usable: np.ndarray, similarity: float
+) -> tuple[np.ndarray, dict]:
+    """``groups`` with the ``usable`` photos at least ``similarity`` cosine-similar joined (groups
+    capped by :func:`max_near_duplicate_group`), and the log of what was joined."""
+    pairs = near_duplicate_pairs(vectors, usable, similarity)
+    joined, log = merge_near_duplicates(groups, pairs, max_near_duplicate_group(int(usable.sum())))
+    log["similarity"] = similarity
+    return joined, log
+
+
 def merge_near_duplicates(
     groups: np.ndarray, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], max_group: int
 ) -> tuple[np.ndarray, dict[str, int]]:

@@ -47,7 +47,9 @@ class TrainConfig:
     # Photos whose image embeddings are at least this cosine-similar are one duplicate group for
     # every split and fold (0: exact duplicates only). Photos of one physical item taken a moment
     # apart otherwise sit on both sides of a fold and calibration scores them as if seen.
-    near_duplicate_similarity: float = 0.0
+    # None: chosen by the catalogue (near_duplicate_choice): photos without titles group at
+    # PHOTO_ONLY_SIMILARITY, anything with titles by exact copies only.
+    near_duplicate_similarity: float | None = None
     # The text encoder (shared.config.TEXT_ENCODERS); None: the dataset manifest's, else the
     # settings' (text_encoder_choice). One that cannot be LoRA-tuned trains frozen.
     text_encoder: str | None = None
@@ -102,6 +104,26 @@ def text_encoder_choice(
     return "minilm", f"the titles ({share:.0%} of their tokens unknown to minilm)"
 
 
+# The similarity a photo-only catalogue groups at unless told otherwise: chosen on grocery-store's
+# official val split only (docs/MODEL.md, "The other catalogues"); exact grouping alone broke the
+# promise there (auto precision .974 / .945 on its test split), this kept it (.992, bound .988).
+PHOTO_ONLY_SIMILARITY = 0.8
+
+
+def near_duplicate_choice(
+    option: float | None, records: list[Record], blobs: list[bytes | None]
+) -> tuple[float, str]:
+    """The near-duplicate similarity a split uses and what chose it. A catalogue of photos and no
+    titles is typically many shots of one item (nothing else tells them apart), so it groups
+    near-identical shots by default; a shop catalogue with titles lists distinct products and
+    would lose coverage to it for nothing."""
+    if option is not None:
+        return option, "--near-duplicate-similarity"
+    if any(blobs) and not any(r.text.strip() for r in records):
+        return PHOTO_ONLY_SIMILARITY, "photos without titles"
+    return 0.0, "default (titles: exact copies only)"
+
+
 def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
     """What is wrong with a configuration, by field name (empty: nothing); cheap, so a command can
     refuse bad options before any model loads."""
@@ -123,7 +145,7 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
         bad["confidence"] = f"must be between 0 and 1 (exclusive), not {cfg.confidence}"
     if cfg.target_precision is not None and not 0 < cfg.target_precision <= 1:
         bad["target_precision"] = f"must be in (0, 1], not {cfg.target_precision}"
-    if not 0 <= cfg.near_duplicate_similarity <= 1:
+    if cfg.near_duplicate_similarity is not None and not 0 <= cfg.near_duplicate_similarity <= 1:
         bad["near_duplicate_similarity"] = (f"must be between 0 (off) and 1, not "
                                             f"{cfg.near_duplicate_similarity}")
     if cfg.text_encoder is not None and cfg.text_encoder not in TEXT_ENCODERS:

@@ -32,7 +32,7 @@ from shared.ml.labels import Axis, build_axes, targets
 from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
 from shared.ml.novelty import NoveltyGuard, fit_guard
-from shared.ml.split import duplicate_groups, grouped_split, merge_near_duplicates, near_duplicate_pairs
+from shared.ml.split import duplicate_groups, group_near_duplicates, grouped_split
 from shared.ml.text_encoder import TextEncoder, minilm_unknown_share
 from shared.ml.text_encoder_use import UseTextEncoder
 from shared.ml.text_tuning import tuned_text_encoder
@@ -41,6 +41,7 @@ from shared.ml.train_config import (
     TrainConfig,
     calibration_gaps,
     config_problems,
+    near_duplicate_choice,
     rare_values,
     text_encoder_choice,
 )
@@ -66,13 +67,6 @@ class Prepared:
     image_features: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def max_near_duplicate_group(n: int) -> int:
-    """The largest group near-duplicate photos may build among ``n`` photos: one item's shots, not
-    a whole look-alike value (a value grouped whole would leave the served head's training with
-    the calibration part)."""
-    return max(2, min(20, n // 150))
-
-
 def prepare_records(
     name: str, records: list[Record], blobs: list[bytes | None], kinds: dict[str, AxisKind],
     cfg: TrainConfig, holdout: set[str] | None = None, image_vectors: np.ndarray | None = None,
@@ -89,14 +83,13 @@ def prepare_records(
         raise ValueError("; ".join(f"{k}: {v}" for k, v in problems.items()))
     hashes = [content_hash(b) if b else None for b in blobs]
     groups = duplicate_groups([r.text for r in records], hashes)
-    near = None
-    if cfg.near_duplicate_similarity > 0 and image_vectors is not None:
+    near, (sim, chosen_by) = None, near_duplicate_choice(cfg.near_duplicate_similarity, records, blobs)
+    if sim > 0 and image_vectors is not None:
         usable = np.abs(image_vectors).sum(axis=1) > 0
         if holdout is not None:
             usable &= np.array([r.id not in holdout for r in records])
-        pairs = near_duplicate_pairs(image_vectors, usable, cfg.near_duplicate_similarity)
-        groups, near = merge_near_duplicates(groups, pairs, max_near_duplicate_group(int(usable.sum())))
-        near["similarity"] = cfg.near_duplicate_similarity
+        groups, near = group_near_duplicates(groups, image_vectors, usable, sim)
+        near["chosen_by"] = chosen_by
     if holdout is None:
         parts = grouped_split(
             groups,
@@ -137,7 +130,7 @@ def prepare(
     blobs = load_blobs(manifest, records)  # warns when photos it names are missing
     kinds = {name: spec.kind for name, spec in manifest.axes.items()}
     vectors, feats = None, None
-    if cfg.near_duplicate_similarity > 0 and any(blobs):
+    if near_duplicate_choice(cfg.near_duplicate_similarity, records, blobs)[0] > 0:
         s = settings or get_settings()
         enc = ImageEncoder.from_settings(s)
         cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
@@ -254,7 +247,10 @@ def train_prepared(
     text_choice = {"kind": kind, "chosen_by": chosen_by}
     if cfg.finetune_text and kind not in LORA_TUNABLE:
         text_choice["note"] = f"{kind} cannot be LoRA-tuned: trained with the text encoder frozen"
-    cfg = replace(cfg, text_encoder=kind, finetune_text=cfg.finetune_text and kind in LORA_TUNABLE)
+    near = cfg.near_duplicate_similarity  # the manifest records what the split did
+    cfg = replace(cfg, text_encoder=kind, finetune_text=cfg.finetune_text and kind in LORA_TUNABLE,
+                  near_duplicate_similarity=(data.near_duplicates or {}).get("similarity", 0.0)
+                  if near is None else near)
     target = cfg.target_precision or s.target_precision
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()

@@ -140,6 +140,7 @@ def test_the_commands_defaults_are_the_measured_recipe() -> None:
     assert cfg.head.class_weight_power == 0 and cfg.head.min_steps == 2000 and cfg.head.relative_stop
     assert cfg.calibration_folds == 5 and cfg.confidence == 0.95
     assert not cfg.pool_thin_values and cfg.text_windows == 1
+    assert cfg.near_duplicate_similarity is None  # chosen by the catalogue: photos only -> 0.8
     changed = train_config(text_experts=False, lexical_buckets=1024, near_duplicate_similarity=0.8)
     assert not changed.text_experts and changed.head.lexical_buckets == 1024
     assert changed.near_duplicate_similarity == 0.8
@@ -154,6 +155,14 @@ def test_a_photo_only_catalogue_without_near_duplicate_grouping_is_warned() -> N
     assert not lines({"text": 0, "image": 50}, 0.8)
     assert not lines({"text": 50, "image": 50}, 0.0)  # titles: the folds group by title too
     assert not lines({}, 0.0)  # a manifest from before inputs were recorded
+
+
+def test_train_says_what_near_duplicate_grouping_did() -> None:
+    log = {"pairs": 900, "joined": 700, "skipped_for_size": 3, "largest_group": 19,
+           "similarity": 0.8, "chosen_by": "photos without titles"}
+    line = cli_report.near_duplicate_line({"training": {"near_duplicates": log}})
+    assert "0.8 (chosen by: photos without titles)" in line and "700 joins" in line
+    assert cli_report.near_duplicate_line({"training": {"near_duplicates": None}}) is None
 
 
 def test_train_lists_auto_values_and_a_pooled_group() -> None:

@@ -83,21 +83,24 @@ def test_merge_joins_closest_first_and_caps_group_size() -> None:
     assert log == {"pairs": 4, "joined": 3, "skipped_for_size": 1, "largest_group": 4}
 
 
-def _catalogue_with_retaken_photos(tmp_path: Path, sample_manifest: Path, copies: int) -> Path:
+def _catalogue_with_retaken_photos(tmp_path: Path, sample_manifest: Path, copies: int,
+                                   titles: bool = True) -> Path:
     """60 sample products, and ``copies`` more whose photos are the first ones shot again (cropped,
-    re-encoded: other bytes, the same thing) under titles of their own."""
+    re-encoded: other bytes, the same thing) under titles of their own (or no titles at all)."""
     m = load_manifest(sample_manifest)
     records = load_records(m)[:60]
     blobs = load_blobs(m, records)
     lines = ["id,title,image,kind"]
     for n, (r, b) in enumerate(zip(records, blobs, strict=True)):
         (tmp_path / f"{n}.jpg").write_bytes(b)
-        lines.append(f"p{n},product {n} {r.labels['articleType'][0]},{n}.jpg,{r.labels['articleType'][0]}")
+        title = f"product {n} {r.labels['articleType'][0]}" if titles else ""
+        lines.append(f"p{n},{title},{n}.jpg,{r.labels['articleType'][0]}")
     for n in range(copies):
         img = Image.open(io.BytesIO(blobs[n])).convert("RGB")
         w, h = img.size
         img.crop((1, 1, w - 1, h - 2)).save(tmp_path / f"c{n}.jpg", quality=70)
-        lines.append(f"c{n},listing {n} again,c{n}.jpg,{records[n].labels['articleType'][0]}")
+        title = f"listing {n} again" if titles else ""
+        lines.append(f"c{n},{title},c{n}.jpg,{records[n].labels['articleType'][0]}")
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     (tmp_path / "d.yaml").write_text(
         "name: d\ntable: t.csv\nid: id\ntext: title\nimage: image\naxes:\n  kind: single\n")
@@ -115,8 +118,29 @@ def test_retaken_photos_stay_on_one_side_of_the_split(tmp_path: Path, sample_man
         ids = [r.id for r in data.records]
         return [side[ids.index(f"p{n}")] == side[ids.index(f"c{n}")] for n in range(20)]
 
-    exact = prepare(manifest, cfg)
+    exact = prepare(manifest, cfg)  # titles: the default groups exact copies only
     assert exact.near_duplicates is None and not all(sides(exact))  # bytes differ: split apart
     near = prepare(manifest, replace(cfg, near_duplicate_similarity=0.9))
     assert all(sides(near))
     assert near.near_duplicates["joined"] >= 20 and near.near_duplicates["similarity"] == 0.9
+    assert near.near_duplicates["chosen_by"] == "--near-duplicate-similarity"
+
+
+def test_a_photo_only_catalogue_groups_retaken_photos_by_default(tmp_path: Path,
+                                                                 sample_manifest: Path) -> None:
+    """No titles: nothing but the photo tells two listings apart, so near-identical shots are one
+    group unless the option says 0."""
+    manifest = _catalogue_with_retaken_photos(tmp_path, sample_manifest, copies=20, titles=False)
+    cfg = TrainConfig(calibration_fraction=0.25, validation_fraction=0.25)
+
+    def sides(data) -> list[bool]:
+        side = {int(i): name for name, idx in data.parts.items() for i in idx}
+        ids = [r.id for r in data.records]
+        return [side[ids.index(f"p{n}")] == side[ids.index(f"c{n}")] for n in range(20)]
+
+    default = prepare(manifest, cfg)
+    assert default.near_duplicates["similarity"] == 0.8
+    assert default.near_duplicates["chosen_by"] == "photos without titles"
+    assert all(sides(default))
+    off = prepare(manifest, replace(cfg, near_duplicate_similarity=0.0))
+    assert off.near_duplicates is None and not all(sides(off))
