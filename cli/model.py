@@ -120,11 +120,12 @@ def train(
         "every split and fold, like exact copies; for catalogues that photograph one item many "
         "times. Default: 0.8 for a catalogue of photos without titles, else 0 (exact copies "
         "only).", show_default=False)] = None,
-    image_tail_epochs: Annotated[int, typer.Option(
+    image_tail_epochs: Annotated[int | None, typer.Option(
         help="Fine-tune the image backbone's last block and head conv this many epochs on the "
         "training part's labels (and once per calibration fold), on maps of the frozen part "
-        "computed once per photo; 0: the backbone stays frozen (docs/MODEL.md, \"Fine-tuning "
-        "the image tail\").")] = 0,
+        "computed once per photo; 0: the backbone stays frozen. Default: 5 for a catalogue of "
+        "photos without titles, else 0 (docs/MODEL.md, \"Fine-tuning the image tail\").",
+        show_default=False)] = None,
     image_tail_lr: Annotated[float, typer.Option(
         help="Peak learning rate of the image tail (its per-axis classifiers: 10x).")] = 3e-4,
     holdout: Annotated[Path | None, typer.Option(

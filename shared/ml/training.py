@@ -41,6 +41,7 @@ from shared.ml.train_config import (
     TrainConfig,
     calibration_gaps,
     config_problems,
+    image_tail_epochs_choice,
     near_duplicate_choice,
     rare_values,
     text_encoder_choice,
@@ -250,7 +251,8 @@ def train_prepared(
     near = cfg.near_duplicate_similarity  # the manifest records what the split did
     cfg = replace(cfg, text_encoder=kind, finetune_text=cfg.finetune_text and kind in LORA_TUNABLE,
                   near_duplicate_similarity=(data.near_duplicates or {}).get("similarity", 0.0)
-                  if near is None else near)
+                  if near is None else near,
+                  image_tail_epochs=image_tail_epochs_choice(cfg.image_tail_epochs, data.records, data.blobs))
     target = cfg.target_precision or s.target_precision
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()

@@ -56,7 +56,20 @@ def test_config_problems_refuse_a_negative_tail() -> None:
     assert "image_tail_lr" in config_problems(TrainConfig(image_tail_epochs=1, image_tail_lr=0))
     assert "image_tail_blocks" in config_problems(TrainConfig(image_tail_blocks=3))
     assert not config_problems(TrainConfig(image_tail_epochs=3))
-    assert TrainConfig().image_tail_epochs == 0  # off unless asked
+    assert TrainConfig().image_tail_epochs is None  # chosen by the catalogue
+
+
+def test_only_a_photo_only_catalogue_tunes_the_tail_by_default() -> None:
+    from shared.ml.dataset import Record
+    from shared.ml.train_config import PHOTO_ONLY_TAIL_EPOCHS, image_tail_epochs_choice
+
+    photos = [Record("a", "", "a.jpg", {}), Record("b", " ", "b.jpg", {})]
+    titled = [Record("a", "", "a.jpg", {}), Record("b", "red dress", "b.jpg", {})]
+    assert image_tail_epochs_choice(None, photos, [b"x", b"y"]) == PHOTO_ONLY_TAIL_EPOCHS
+    assert image_tail_epochs_choice(None, titled, [b"x", b"y"]) == 0  # one title is enough
+    assert image_tail_epochs_choice(None, photos, [None, None]) == 0  # no photo came: nothing to tune
+    assert image_tail_epochs_choice(0, photos, [b"x", b"y"]) == 0  # the option wins
+    assert image_tail_epochs_choice(2, titled, [b"x", b"y"]) == 2
 
 
 @pytest.fixture(scope="module")
