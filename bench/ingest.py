@@ -398,11 +398,14 @@ async def drive(args: argparse.Namespace, base: str, token: str, products: list[
 # --- checks ---------------------------------------------------------------------------------
 
 
-def queued_ids(server: RedisServer) -> Counter[str]:
-    """Event ids of every message on the tagging queue's lists (kombu's priority lists included)."""
+def queued_ids(server: RedisServer) -> tuple[Counter[str], int]:
+    """Event ids carried by every message on the tagging queue's lists (kombu's priority lists
+    included; an envelope's every event), and how many messages carry them."""
     from shared.metrics import queue_keys
+    from shared.tasks import events_of
 
     ids: Counter[str] = Counter()
+    messages = 0
     with server.client() as c:
         for key in queue_keys(QUEUE):
             n = c.llen(key)
@@ -413,8 +416,10 @@ def queued_ids(server: RedisServer) -> Counter[str]:
                     if message.get("properties", {}).get("body_encoding") == "base64":
                         body = base64.b64decode(body)
                     _args, kwargs, _embed = json.loads(body)
-                    ids[kwargs["event"]["event_id"]] += 1
-    return ids
+                    messages += 1
+                    for event in events_of(kwargs):
+                        ids[event["event_id"]] += 1
+    return ids, messages
 
 
 def recorded_ids(url: str) -> dict[str, bool]:
@@ -494,6 +499,8 @@ def main() -> None:
                     help="measure with the API's verified-key cache off (TAGGER_API_KEY_CACHE_TTL_S=0) and "
                          "on (its default TTL), alternating, --rounds times each, in this one run; the last "
                          "line gives on/off as a ratio")
+    ap.add_argument("--events-per-message", type=int, default=None,
+                    help="the API's TAGGER_EVENTS_PER_MESSAGE (default: the environment's, else 50)")
     ap.add_argument("--rounds", type=int, default=2, help="with --compare-key-cache: runs of each")
     args = ap.parse_args()
     if args.compare_key_cache and (args.before or args.profile or args.rounds < 1):
@@ -549,6 +556,8 @@ def run_once(args: argparse.Namespace, products: list[dict[str, Any]],
             token = producer_token(db_url)
             env = {**os.environ, "TAGGER_DATABASE_URL": db_url, "TAGGER_BROKER_URL": redis_server.url,
                    "TAGGER_TAGGING_QUEUE": QUEUE}
+            if args.events_per_message is not None:
+                env["TAGGER_EVENTS_PER_MESSAGE"] = str(args.events_per_message)
             if args.compare_key_cache and "TAGGER_API_KEY_CACHE_TTL_S" not in extra_env:
                 env.pop("TAGGER_API_KEY_CACHE_TTL_S", None)  # "on": the setting's default, not the shell's
             env.update(extra_env)
@@ -580,7 +589,7 @@ def run_once(args: argparse.Namespace, products: list[dict[str, Any]],
             api.check_alive()
 
             recorded = recorded_ids(db_url)
-            on_queue = queued_ids(redis_server)
+            on_queue, messages = queued_ids(redis_server)
         except BaseException:
             if api is not None:
                 err.print(f"[red]API log tail:[/]\n{api.tail()}")
@@ -640,9 +649,9 @@ def run_once(args: argparse.Namespace, products: list[dict[str, Any]],
     twice = sum(1 for n in on_queue.values() if n > 1)
     print(f"check: {len(accepted_ids):,} events accepted over the whole run (warm-up and tail included); "
           f"{len(accepted_ids & recorded.keys()):,} in tagging_events, "
-          f"{len(accepted_ids & on_queue.keys()):,} on the Redis queue ({sum(on_queue.values()):,} messages, "
-          f"{twice} duplicated), {len(not_queued):,} answered queued=false (the sweeper's job); "
-          f"lost: {len(missing_rows)} rows, {len(missing_msgs)} messages")
+          f"{len(accepted_ids & on_queue.keys()):,} on the Redis queue ({sum(on_queue.values()):,} events in "
+          f"{messages:,} messages, {twice} duplicated), {len(not_queued):,} answered queued=false "
+          f"(the sweeper's job); lost: {len(missing_rows)} rows, {len(missing_msgs)} messages")
     if missing_rows or missing_msgs or len(load.accepted_ids) != len(accepted_ids):
         raise SystemExit(f"LOST EVENTS: {len(missing_rows)} accepted ids have no tagging_events row "
                          f"(e.g. {sorted(missing_rows)[:3]}), {len(missing_msgs)} queued ids are not on the "

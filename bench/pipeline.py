@@ -92,6 +92,8 @@ class RunResult:
     worker_cpu_s: float = float("nan")  # user+sys of the worker process(es), first publish -> done
     consumer_cpu_s: float = float("nan")  # the same, their main threads alone (the consumers)
     redis_cpu_s: float = float("nan")  # the same for redis-server (INFO cpu: the whole server)
+    postgres_cpu_s: float = float("nan")  # the same for the whole Postgres server (when local)
+    machine_busy: float = float("nan")  # share of all the machine's cores busy (anyone's) meanwhile
 
     @property
     def rate(self) -> float:
@@ -302,13 +304,15 @@ class WorkerProcess:
 # --- publishing -----------------------------------------------------------------------------
 
 
-def _publish_shard(broker: str, events: list[dict], chunk: int, barrier: Any, out: Any) -> None:
-    """In a child process: connect, wait for the others, then send; report a wall time per event
-    taken just before its send (the earliest moment a worker could see it)."""
+def _publish_shard(broker: str, events: list[dict], chunk: int, barrier: Any, out: Any,
+                   per_message: int | None = None) -> None:
+    """In a child process: connect, wait for the others, then send (``per_message`` events per task
+    message at most; None: the Publisher's default); report a wall time per event taken just before
+    its send (the earliest moment a worker could see it)."""
     from shared.publish import Publisher
 
     stamps: list[tuple[str, float]] = []
-    with Publisher(broker, QUEUE) as pub:
+    with Publisher(broker, QUEUE, events_per_message=per_message) as pub:
         pub.check()
         parsed = [ProductUploaded.model_validate(e) for e in events]
         barrier.wait(120)
@@ -320,12 +324,14 @@ def _publish_shard(broker: str, events: list[dict], chunk: int, barrier: Any, ou
     out.put(stamps)
 
 
-def publish_burst(broker: str, events: list[ProductUploaded], processes: int, chunk: int) -> dict[str, float]:
+def publish_burst(broker: str, events: list[ProductUploaded], processes: int, chunk: int,
+                  per_message: int | None = None) -> dict[str, float]:
     """Send every event as fast as ``processes`` publishers can; returns event id -> publish time."""
     ctx = mp.get_context("spawn")  # this process holds torch threads (and maybe CUDA): no fork
     barrier, out = ctx.Barrier(processes + 1), ctx.Queue()
     payloads = [e.model_dump(mode="json") for e in events]
-    procs = [ctx.Process(target=_publish_shard, args=(broker, payloads[k::processes], chunk, barrier, out),
+    procs = [ctx.Process(target=_publish_shard,
+                         args=(broker, payloads[k::processes], chunk, barrier, out, per_message),
                          daemon=True) for k in range(processes)]
     for p in procs:
         p.start()
@@ -386,6 +392,31 @@ def wait_all_tagged(url: str, n: int, workers: list[WorkerProcess], timeout: flo
         engine.dispose()
 
 
+def check_nothing_lost(events: list[ProductUploaded], stamps: dict[str, float], finished: dict[str, float],
+                       redis_url: str) -> None:
+    """Every event published has its own tagging_events row, finished, and Redis holds nothing: no
+    message waiting or delivered unacked (an envelope is acked only once all its events are written)."""
+    import redis
+
+    ids = {e.event_id for e in events}
+    missing = ids - finished.keys()
+    unsent = ids - stamps.keys()
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        deadline = time.monotonic() + 30  # the last batch's ack follows its commit
+        while (backlog := (client.llen(QUEUE), client.hlen("unacked"))) != (0, 0) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        client.close()
+    print(f"check: {len(ids)} events published, {len(ids & finished.keys())} tagged rows, "
+          f"{len(finished) - len(ids & finished.keys())} other rows; Redis queue {backlog[0]}, unacked "
+          f"{backlog[1]}; lost: {len(missing)}")
+    if missing or unsent or backlog != (0, 0):
+        raise SystemExit(f"LOST OR STUCK: {len(missing)} events without a finished row "
+                         f"(e.g. {sorted(missing)[:3]}), {len(unsent)} never published, Redis {backlog}")
+
+
 def finished_times(url: str) -> dict[str, float]:
     import sqlalchemy as sa
 
@@ -433,21 +464,28 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
             w.launch()
         for w in workers:
             w.wait_ready(args.ready_timeout)
+        from bench.ingest import machine_busy_seconds, postgres_cpu, postmaster_pid
+
+        postmaster = postmaster_pid(args.postgres)
         cpu0, main0 = sum(w.cpu_s() for w in workers), sum(w.cpu_s(True) for w in workers)
-        redis0 = redis_cpu_s(args.redis)
-        stamps = publish_burst(args.redis, events, args.publishers, args.publish_chunk)
+        redis0, pg0, busy0 = redis_cpu_s(args.redis), postgres_cpu(postmaster), machine_busy_seconds()
+        stamps = publish_burst(args.redis, events, args.publishers, args.publish_chunk,
+                               getattr(args, "events_per_message", None))
         done = wait_all_tagged(args.postgres, len(events), workers, args.timeout, args.poll)
         cpu, redis_cpu = sum(w.cpu_s() for w in workers) - cpu0, redis_cpu_s(args.redis) - redis0
         main = sum(w.cpu_s(True) for w in workers) - main0
+        busy1 = machine_busy_seconds()
+        pg_cpu, busy = postgres_cpu(postmaster) - pg0, (busy1[0] - busy0[0]) / (busy1[1] - busy0[1])
         batches = [b for w in workers for b in w.batches()]
     finally:
         for w in workers:
             w.stop()
     finished = finished_times(args.postgres)
+    check_nothing_lost(events, stamps, finished, args.redis)
     first, last = min(stamps.values()), max(stamps.values())
     lat = [(finished[e.event_id] - stamps[e.event_id]) * 1000 for e in events]
     return RunResult(label, batch, len(events), done - first, last - first, lat, batches, cpu, main,
-                     redis_cpu)
+                     redis_cpu, pg_cpu, busy)
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -501,6 +539,9 @@ def main() -> None:
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="with --null-model: an experiment, sys.setswitchinterval(S) in the worker "
                          "(Python's default: 0.005 s)")
+    ap.add_argument("--events-per-message", type=int, default=None,
+                    help="events per task message the publishers send (TAGGER_EVENTS_PER_MESSAGE; "
+                         "default: the Publisher's, 50; 1: one message per event, as before envelopes)")
     ap.add_argument("--workers", type=int, default=1,
                     help="worker processes, each with its own connection, consumer and -c threads "
                          "(total concurrency: workers x c)")
@@ -593,9 +634,12 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
     print(f"products: {args.n} from {manifest}, text only; NULL model (bench.null_worker), {events}; "
           f"{args.workers} worker process(es) x {args.concurrency} thread(s) = concurrency "
           f"{args.workers * args.concurrency}; {os.cpu_count()} CPUs; load: {load}")
-    print(f"settings: batch {batch}, flush_interval {settings.flush_interval_s}s, prefetch "
-          f"{2 * batch * args.concurrency} per process, publishers {args.publishers} x chunk "
-          f"{args.publish_chunk}, "
+    from shared.publish import DEFAULT_EVENTS_PER_MESSAGE
+
+    per = args.events_per_message or DEFAULT_EVENTS_PER_MESSAGE
+    print(f"settings: batch {batch} events, flush_interval {settings.flush_interval_s}s, prefetch "
+          f"{2 * batch * args.concurrency} messages per process, publishers {args.publishers} x chunk "
+          f"{args.publish_chunk}, {per} events per message, "
           f"redis {args.redis}, postgres {args.postgres}")
     print(describe_batches(r))
     print(f"null-model plumbing: {r.rate:.1f} events/s, write {write_ms:.2f} ms/event (worker's "
@@ -603,11 +647,14 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
     cpu_ms = 1000 * r.worker_cpu_s / r.n
     print(f"CPU per event, first publish -> last commit: worker process(es) {cpu_ms:.2f} ms (user+sys, "
           f"every thread; consumer thread {1000 * r.consumer_cpu_s / r.n:.2f} ms), redis-server "
-          f"{1000 * r.redis_cpu_s / r.n:.2f} ms (whole server)")
+          f"{1000 * r.redis_cpu_s / r.n:.2f} ms (whole server), Postgres "
+          f"{1000 * r.postgres_cpu_s / r.n:.2f} ms (whole server); the machine's cores were "
+          f"{100 * r.machine_busy:.0f}% busy meanwhile (everyone's work, publishers' start-up included)")
     if args.profile:
         print(f"profile: {args.profile} (python -m pstats {args.profile})")
     print(f"plumbing_events_per_s={r.rate:.1f} write_ms_per_event={write_ms:.2f} "
-          f"p50_ms={round(r.pct(50))} p99_ms={round(r.pct(99))} worker_cpu_ms_per_event={cpu_ms:.2f}")
+          f"p50_ms={round(r.pct(50))} p99_ms={round(r.pct(99))} worker_cpu_ms_per_event={cpu_ms:.2f} "
+          f"events_per_message={per}")
 
 
 if __name__ == "__main__":

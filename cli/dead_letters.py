@@ -212,7 +212,8 @@ def replay(
     filters = _filters(reason, since, until, product, event)
     settings = get_settings()
     report = store.ReplayReport(dry_run=dry_run)
-    publisher = None if dry_run else Publisher(settings.broker_url, settings.tagging_queue)
+    publisher = None if dry_run else Publisher(settings.broker_url, settings.tagging_queue,
+                                               events_per_message=settings.events_per_message)
     try:
         if publisher is not None:
             publisher.check()  # a bad broker fails here, before anything is changed

@@ -35,13 +35,15 @@ CHUNK = 200  # events per publish call: one Redis pipeline, and the bar still mo
 
 def _send(publisher: Publisher, events: list[ProductUploaded]) -> int:
     """Publish in chunks under a progress bar; on a lost broker, say how many are known to be queued
-    (and, with the outbox, recorded). Returns how many messages were sent."""
-    messages = 0
+    (and, with the outbox, recorded). Returns how many events were sent (in envelopes of up to
+    TAGGER_EVENTS_PER_MESSAGE per message)."""
+    sent_events = 0
+    step = max(CHUNK, publisher.events_per_message)  # whole envelopes
     with tqdm(total=len(events), desc="publishing", unit="event", disable=None) as bar:
-        for i in range(0, len(events), CHUNK):
-            chunk = events[i:i + CHUNK]
+        for i in range(0, len(events), step):
+            chunk = events[i:i + step]
             try:
-                messages += len(publisher.publish(chunk))
+                sent_events += len(publisher.publish(chunk))
             except BrokerUnavailable as exc:
                 sent = i + exc.sent  # earlier chunks were confirmed; of this one, only exc.sent
                 recorded = (f"; {i + len(chunk)} of them are recorded in the outbox and the sweeper "
@@ -58,7 +60,7 @@ def _send(publisher: Publisher, events: list[ProductUploaded]) -> int:
                     "re-running is safe: known events are not sent twice)"
                 ) from exc
             bar.update(len(chunk))
-    return messages
+    return sent_events
 
 
 def _summary(result: Validated, published: bool, skipped: int = 0) -> None:
@@ -110,7 +112,7 @@ def publish(
         try:
             with Publisher(broker or settings.broker_url, queue or settings.tagging_queue,
                            database_url=(database_url or settings.database_url) if use_outbox else None,
-                           ) as publisher:
+                           events_per_message=settings.events_per_message) as publisher:
                 publisher.check()
                 skipped = len(result.accepted) - _send(publisher, result.accepted)
         except TaggerError as exc:

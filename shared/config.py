@@ -106,7 +106,16 @@ class Settings(BaseSettings):
         "redis://host:6379/0.",
     )
     tagging_queue: str = Field("tagging", description="Queue the batched tagging task consumes.")
-    batch_size: int = Field(32, ge=1, description="Events per worker batch (celery-batches flush_every).")
+    batch_size: int = Field(
+        32, ge=1, description="Events per worker batch: a batch runs once this many events are buffered "
+        "(celery-batches flush_every, counted in events), and the model sees at most this many at once.",
+    )
+    events_per_message: int = Field(
+        50, ge=1, le=1000, description="Producers (the Python Publisher, the outbox and its sweeper, "
+        "`tagger publish`, the API) put up to this many events in one tag_product message when they "
+        "send several at once, so the broker's and Celery's cost per message is paid once per that "
+        "many events; 1: one message per event. Workers read both kinds, whatever this says.",
+    )
     sub_batch: int = Field(
         -1, ge=-1, description="Events per sub-batch whose photo fetch + decode overlaps the model's "
         "previous sub-batch; -1: automatic (a quarter of the batch, at least 16, on a GPU; off on the "

@@ -11,6 +11,11 @@ a worker was SIGKILLed holding between kombu's pop and its unacked record. SQLAl
 database driver are imported only then, on the first such publish. Without one, nothing touches a
 database and delivery rests on the broker alone: not covered against a worker crash between pop
 and ack, nor a broker that loses its data.
+
+Envelopes: a call's events go out up to ``events_per_message`` (``TAGGER_EVENTS_PER_MESSAGE``,
+default 50) per task message (:func:`shared.tasks.tag_product_kwargs`), so the worker pays its cost
+per message (a BRPOP, the unacked record, a Celery Request and its task events) once per that many
+events; 1 sends one message per event, as before envelopes.
 """
 
 from __future__ import annotations
@@ -26,15 +31,19 @@ from kombu.exceptions import BatchPublishError, OperationalError
 from kombu.utils.url import maybe_sanitize_url
 from kombu.utils.uuid import uuid
 
+from shared.config import Settings
 from shared.errors import PermanentError, TransientError
 from shared.events import ProductUploaded
-from shared.tasks import TAG_PRODUCT
+from shared.tasks import MAX_EVENTS_PER_MESSAGE, TAG_PRODUCT, kwargs_repr, tag_product_kwargs
 
 log = logging.getLogger("shared.publish")
 BROKER_SETTING = "TAGGER_BROKER_URL"
 # Events per Redis pipeline: the API's largest request (TAGGER_API_MAX_BATCH, 500) and the sweeper's
 # chunk are one round trip; a bigger call is several pipelines, each confirmed before the next.
+# (Rounded down to whole envelopes; an envelope bigger than this is a pipeline of its own.)
 PIPELINE_EVENTS = 500
+#: Events per message when none is given: the setting's default (TAGGER_EVENTS_PER_MESSAGE).
+DEFAULT_EVENTS_PER_MESSAGE: int = Settings.model_fields["events_per_message"].default
 # kombu counts commands, not messages (a queue with an expiry adds PEXPIREs per message).
 _PIPELINE_MAX_COMMANDS = PIPELINE_EVENTS * 16
 
@@ -89,10 +98,21 @@ class Publisher:
 
     Thread-safe: each :meth:`publish` call borrows one pooled producer for its whole batch (kombu
     keeps a producer's open publish batch per thread).
+
+    ``events_per_message``: events one task message carries at most (an envelope; default
+    :data:`DEFAULT_EVENTS_PER_MESSAGE`; 1: one message per event). A call's events are cut into
+    envelopes in order; a call of one event sends the single-event message.
     """
 
     def __init__(self, broker_url: str, queue: str = "tagging", *, database_url: str | None = None,
-                 connect_timeout_s: float = 5.0, reply_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 5.0, reply_timeout_s: float = 10.0,
+                 events_per_message: int | None = None) -> None:
+        per = DEFAULT_EVENTS_PER_MESSAGE if events_per_message is None else events_per_message
+        if not 1 <= per <= MAX_EVENTS_PER_MESSAGE:
+            raise PublisherConfigError(
+                f"events_per_message is {per}: it must be 1 to {MAX_EVENTS_PER_MESSAGE} "
+                "(TAGGER_EVENTS_PER_MESSAGE)")
+        self.events_per_message = per
         if broker_url.split("://", 1)[0].lower() == "memory":
             raise PublisherConfigError(
                 f"{BROKER_SETTING} is memory:// (an in-process broker): another process cannot reach it. "
@@ -132,7 +152,8 @@ class Publisher:
 
             settings = get_settings()
         return cls(settings.broker_url, settings.tagging_queue,
-                   database_url=settings.database_url if outbox else None)
+                   database_url=settings.database_url if outbox else None,
+                   events_per_message=settings.events_per_message)
 
     def check(self) -> None:
         """Open one pooled broker connection (reused by :meth:`publish`), so a bad URL fails early."""
@@ -146,16 +167,17 @@ class Publisher:
             ) from exc
 
     def publish(self, events: Iterable[ProductUploaded | Mapping[str, Any]]) -> list[str]:
-        """Validate every event, then send one task message each, pipelined over one pooled connection.
+        """Validate every event, then send them in task messages of up to ``events_per_message``
+        events each (envelopes), pipelined over one pooled connection.
 
         Validation happens before the first send, so an invalid dict raises ``ValidationError`` and
         nothing is published; it is the API's contract (:class:`ProductUploaded`), with the
         ``occurred_at`` bounds of this process's settings (``TAGGER_EVENT_EARLIEST``/``_MAX_SKEW_S``).
         Messages go out in Redis pipelines of up to :data:`PIPELINE_EVENTS`
         (one round trip each instead of one per event), each confirmed before the next is built.
-        Returns the Celery task ids. Sending is at-least-once: on ``BrokerUnavailable`` its ``sent``
-        says which prefix is known queued; re-publish the rest (the worker de-duplicates by
-        ``event_id``).
+        Returns the Celery task id of each event sent, in order (the events of one envelope share
+        its id). Sending is at-least-once: on ``BrokerUnavailable`` its ``sent`` (in events) says
+        which prefix is known queued; re-publish the rest (the worker de-duplicates by ``event_id``).
 
         With a ``database_url`` (the outbox): the events are recorded and committed first, and only
         those that need sending are sent (new ones, and known ones still 'received'; an event
@@ -204,24 +226,28 @@ class Publisher:
             ) from exc
 
     def _send_all(self, batch: list[ProductUploaded]) -> list[str]:
-        """Send validated events in confirmed pipelines; raises ``BrokerUnavailable`` with ``sent``."""
+        """Send validated events in envelopes, in confirmed pipelines; raises ``BrokerUnavailable``
+        with ``sent`` (events)."""
         ids: list[str] = []
         sent = 0
         # Host services may hook Celery's publish signals: then every message goes through send_task,
         # which sends them. Otherwise the messages are built by Celery and published by kombu directly.
         direct = not self._signals_connected()
         send = self._send_direct if direct else self._send
+        per = self.events_per_message
+        step = max(per, PIPELINE_EVENTS // per * per)  # whole envelopes per pipeline
         try:
             with self._app.producer_or_acquire() as producer:
                 if direct:
                     self._declare(producer)
-                for start in range(0, len(batch), PIPELINE_EVENTS):
-                    chunk = batch[start:start + PIPELINE_EVENTS]
+                for start in range(0, len(batch), step):
+                    chunk = batch[start:start + step]
                     # The outermost batch() exit flushes; max_size keeps kombu from flushing part of it
                     # earlier, so a chunk is confirmed whole or not known at all.
                     with producer.batch(max_size=_PIPELINE_MAX_COMMANDS):
-                        for event in chunk:
-                            ids.append(send(producer, event))
+                        for at in range(0, len(chunk), per):
+                            envelope = chunk[at:at + per]
+                            ids.extend([send(producer, envelope)] * len(envelope))
                     sent = len(ids)
         except (OperationalError, BatchPublishError, OSError) as exc:
             # BatchPublishError only says "delivery is uncertain"; the broker's own error is its cause.
@@ -233,14 +259,14 @@ class Publisher:
             ) from exc
         return ids
 
-    def _send(self, producer: Any, event: ProductUploaded) -> str:
-        """One task message (buffered while a batch is open); returns its task id."""
+    def _send(self, producer: Any, events: list[ProductUploaded]) -> str:
+        """One task message of ``events`` (buffered while a batch is open); returns its task id."""
         return self._app.send_task(
-            TAG_PRODUCT.name, kwargs={"event": event.model_dump(mode="json")}, queue=self.queue,
-            producer=producer, serializer="json", ignore_result=True,
+            TAG_PRODUCT.name, kwargs=tag_product_kwargs([e.model_dump(mode="json") for e in events]),
+            queue=self.queue, producer=producer, serializer="json", ignore_result=True,
             # Celery would saferepr the whole payload into these headers, read only by logs and Flower
-            # (about 80 us of CPU per event, measured); the event id is what an operator looks for.
-            argsrepr="()", kwargsrepr=f"{{'event': {{'event_id': {event.event_id!r}, ...}}}}",
+            # (about 80 us of CPU per event, measured); the event ids are what an operator looks for.
+            argsrepr="()", kwargsrepr=kwargs_repr([e.event_id for e in events]),
         ).id
 
     @staticmethod
@@ -262,7 +288,7 @@ class Publisher:
         self._retry = producer.connection.transport.driver_type != "redis"
         self._origin = anon_nodename()  # what as_task_v2 computes per message (pid@host); per call here
 
-    def _send_direct(self, producer: Any, event: ProductUploaded) -> str:
+    def _send_direct(self, producer: Any, events: list[ProductUploaded]) -> str:
         """The message :meth:`_send` sends, built by Celery (``amqp.as_task_v2``, protocol 2) and handed
         to kombu's ``producer.publish`` as ``send_task_message`` would, without ``send_task``'s routing,
         configuration look-ups and per-message queue binding (about 3/4 of its CPU per event,
@@ -270,9 +296,9 @@ class Publisher:
         app = self._app
         task_id = uuid()
         headers, properties, body, _ = app.amqp.as_task_v2(
-            task_id, TAG_PRODUCT.name, (), {"event": event.model_dump(mode="json")},
+            task_id, TAG_PRODUCT.name, (), tag_product_kwargs([e.model_dump(mode="json") for e in events]),
             reply_to=app.thread_oid, ignore_result=True, origin=self._origin,
-            argsrepr="()", kwargsrepr=f"{{'event': {{'event_id': {event.event_id!r}, ...}}}}",
+            argsrepr="()", kwargsrepr=kwargs_repr([e.event_id for e in events]),
         )
         # On Redis this only buffers (a failure when the batch sends raises BatchPublishError, as before).
         producer.publish(body, exchange="", routing_key=self.queue, serializer="json", headers=headers,

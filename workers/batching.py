@@ -15,6 +15,15 @@ buffered, ``task-started`` when its batch starts, then ``task-succeeded`` (runti
 (``dead_lettered: malformed``, never the event's data). Arguments are never sent: they hold the
 product's title and description.
 
+A message may carry an envelope of events (:mod:`shared.tasks`), so here ``flush_every`` counts
+EVENTS, not messages (upstream counts messages): a batch runs once the buffered messages hold
+``flush_every`` events (or at the timer), so a batch stays about the size the model and the write
+were sized for whatever the producers send (one event per message, or 50); it may hold up to one
+envelope more, and the batch itself (:mod:`workers.tagging`) runs the model on at most
+``batch_size`` events at a time. Task events stay per message (Flower lists each message as a task;
+an envelope's ``task-succeeded`` result counts its events' outcomes), the outcome counter
+``tagger_event_outcomes_total`` counts events.
+
 celery-batches flushes whatever is buffered at each tick of a repeating ``flush_interval`` timer, so
 under load a tick that lands while the consumer refills its prefetch window splits a full batch
 into 2 + 30 (measured: one batch in four). Here a partial batch runs only once its OLDEST request
@@ -44,14 +53,24 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from shared.metrics import count_outcomes
+from shared.tasks import MAX_EVENTS_PER_MESSAGE
 from workers.acks import acknowledge_all
 
 log = logging.getLogger(__name__)
 
 #: Key of a batch's return value: ids of the requests that must not be acked.
 UNACKED = "unacked_ids"
-#: Key of a batch's return value: ``{request_id: "succeeded" | "failed:KIND" | "retried:KIND"}``.
+#: Key of a batch's return value: ``{request_id: [outcome of each of its events]}``, each outcome
+#: ``"succeeded" | "failed:KIND" | "retried:KIND"`` (a bare string: the request's one outcome).
 OUTCOMES = "outcomes"
+
+
+def events_in(req: Any) -> int:
+    """How many events a request's message carries (an envelope's length; 1 otherwise, including a
+    malformed message), cheaply: no validation, which the batch does."""
+    kwargs = getattr(req, "kwargs", None)
+    items = kwargs.get("events") if isinstance(kwargs, dict) else None
+    return min(len(items), MAX_EVENTS_PER_MESSAGE) if isinstance(items, list) and items else 1
 
 
 def _not_active(*_args: Any) -> None:
@@ -60,11 +79,20 @@ def _not_active(*_args: Any) -> None:
 
 
 class _EventfulBuffer(Queue):
-    """The batch buffer: a request put in it is announced (``task-received``)."""
+    """The batch buffer: a request put in it is announced (``task-received``); ``events`` counts the
+    events its requests carry (put and drained on the consumer thread only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events = 0
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
+        self.events += events_in(item)
         send_received(item)
+
+    def drained(self) -> None:
+        self.events = 0
 
 
 def send_received(req: Any) -> None:
@@ -85,26 +113,51 @@ def send_started(requests: Collection[Any]) -> None:
             log.debug("task_event_failed", exc_info=True)
 
 
+def _event_outcomes(req: Any, reported: Any, keep: set[str]) -> list[str]:
+    """The outcome of each event of ``req``: reported by the batch, else handed back (kept for the
+    broker) or succeeded (acked and not named: the batch handled it)."""
+    if req.id in keep:
+        return ["handed_back"] * events_in(req)
+    if isinstance(reported, list | tuple) and reported:
+        return [str(o) for o in reported]
+    return [str(reported)] if reported is not None else ["succeeded"] * events_in(req)
+
+
+def summary(outcomes: list[str]) -> str:
+    """An envelope's outcomes for Flower: ``events=N`` then each outcome's count (kinds, no data)."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o] = counts.get(o, 0) + 1
+    return " ".join([f"events={len(outcomes)}", *(f"{o}={k}" for o, k in counts.items())])
+
+
 def send_outcomes(requests: Collection[Any], result: Any, runtime: float, keep: set[str]) -> None:
-    """One event per request, from the batch's report (each counted in ``tagger_event_outcomes_total``).
-    Requests kept for the broker get none here (their reject sends ``task-rejected``; they come back
-    with the same id)."""
+    """One task event per request (message), from the batch's report; every EVENT of it counted in
+    ``tagger_event_outcomes_total``. A single-event request's task event says its outcome; an
+    envelope's is ``task-failed`` / ``task-retried`` only when all its events were, else
+    ``task-succeeded`` (its events were handed on: the message is done), its result the counts of
+    its events' outcomes (:func:`summary`). Requests kept for the broker get none here (their reject
+    sends ``task-rejected``; they come back with the same id)."""
     outcomes = result.get(OUTCOMES) if isinstance(result, dict) else None
     outcomes = outcomes if isinstance(outcomes, dict) else {}
-    each = {req.id: "handed_back" if req.id in keep else str(outcomes.get(req.id, "succeeded"))
-            for req in requests}
-    count_outcomes(each.values())
+    each = {req.id: _event_outcomes(req, outcomes.get(req.id), keep) for req in requests}
+    count_outcomes(o for outs in each.values() for o in outs)
     for req in requests:
         if req.id in keep:
             continue
-        state, _, kind = each[req.id].partition(":")
+        outs = each[req.id]
+        states = {o.partition(":")[0] for o in outs}
+        state, _, kind = outs[0].partition(":") if len(states) == 1 else ("succeeded", "", "")
+        if len(outs) > 1:
+            kind = summary(outs) if len({*outs}) > 1 else f"{kind or 'unknown'} ({len(outs)} events)"
         try:
             if state == "failed":
                 req.send_event("task-failed", exception=f"dead_lettered: {kind or 'unknown'}", traceback="")
             elif state == "retried":
                 req.send_event("task-retried", exception=f"requeued: {kind or 'unknown'}", traceback="")
             else:
-                req.send_event("task-succeeded", result="", runtime=runtime)
+                req.send_event("task-succeeded", result=summary(outs) if len(outs) > 1 else "",
+                               runtime=runtime)
         except Exception:
             log.debug("task_event_failed", exc_info=True)
 
@@ -143,16 +196,22 @@ class ReliableBatches(Batches):
                 self._first_at = monotonic()
             if self._tref is None:  # armed here so that it ticks twice per interval (upstream: once)
                 self._tref = timer.call_repeatedly(self.flush_interval / 2, self._do_flush)
-            handler(*args, **kwargs)
+            handler(*args, **kwargs)  # buffers it; upstream flushes at its flush_every-th MESSAGE
+            if self._buffer.events >= self.flush_every:  # here: once flush_every EVENTS are buffered
+                self._do_flush()
 
         return on_message
 
     def _do_flush(self) -> None:
         """Flush a full batch at once; a partial one only when its oldest request is half an interval old."""
-        if not flush_due(self._buffer.qsize(), self.flush_every, getattr(self, "_first_at", None),
-                         monotonic(), self.flush_interval, pending=not self._pending.empty()):
-            return  # young partial batch: the next tick (or the flush_every-th message) takes it
+        buffer = self._buffer
+        if not flush_due(getattr(buffer, "events", buffer.qsize()), self.flush_every,
+                         getattr(self, "_first_at", None), monotonic(), self.flush_interval,
+                         pending=not self._pending.empty()):
+            return  # young partial batch: the next tick (or the flush_every-th event) takes it
         self._first_at = None
+        if isinstance(buffer, _EventfulBuffer):
+            buffer.drained()  # upstream's flush takes every request buffered now (this thread's)
         super()._do_flush()
 
     def flush(self, requests: Collection[Any]) -> Any:
@@ -193,7 +252,8 @@ class ReliableBatches(Batches):
 def flush_due(buffered: int, flush_every: int, first_at: float | None, now: float, interval: float,
               pending: bool = False) -> bool:
     """Whether a flush tick should run the buffer now: when it is empty (upstream then stops the
-    timer), full, holds ETA requests, or its oldest request has waited half of ``interval``."""
+    timer), full (``buffered`` events, at least ``flush_every``), holds ETA requests, or its oldest
+    request has waited half of ``interval``."""
     if buffered == 0 or buffered >= flush_every or pending or first_at is None:
         return True
     return now - first_at >= interval / 2

@@ -4,6 +4,12 @@ celery-batches acks every request of a batch when the batch returns, even when i
 a failed batch must hand each of its events on itself: re-enqueued with ``attempt + 1``, or
 dead-lettered once it has had ``max_attempts``. A delivery that can be neither (database and
 broker both down) is reported back to :mod:`workers.batching`, which leaves it to the broker.
+
+A request is one message; a message may carry one event or an envelope of many
+(:func:`shared.tasks.events_of`). Each event is its own :class:`Delivery`: validated, tagged,
+dead-lettered (its dead letter's payload is that event alone, as a single-event message, so it can
+be replayed) or re-enqueued on its own; a request is acked once all of its events are handed on.
+Events re-enqueued together from one request go back as one envelope.
 """
 
 from __future__ import annotations
@@ -22,30 +28,40 @@ from shared.db.events import record_dead_letter, record_failure
 from shared.db.models import TaggingEvent
 from shared.db.session import session_scope
 from shared.events import ProductUploaded, format_errors
-from shared.tasks import TAG_PRODUCT
+from shared.tasks import TAG_PRODUCT, MalformedMessage, events_of, tag_product_kwargs
 
 log = logging.getLogger("workers.deliveries")
 
 MAX_BACKOFF_S = 30
 
 
+_WHOLE = object()  # Delivery.raw of a message that could not be split into events: the message is it
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One request of a batch: a valid ``event`` to tag, or a ``reason`` to dead-letter it."""
+    """One event of a batch's request: a valid ``event`` to tag, or a ``reason`` to dead-letter it.
+    ``raw``: the event as the message carried it; ``size``: how many events its message carried."""
 
     req: Any
     attempt: int
     event: ProductUploaded | None = None
     reason: str | None = None
+    raw: Any = _WHOLE
+    size: int = 1
 
     @property
     def event_id(self) -> str | None:
         if self.event is not None:
             return self.event.event_id
-        raw = _kwargs(self.req).get("event")
+        raw = _kwargs(self.req).get("event") if self.raw is _WHOLE else self.raw
         if isinstance(raw, dict) and raw.get("event_id") not in (None, ""):
             return str(raw["event_id"]).replace("\x00", "\ufffd")[:200]
         return None
+
+    @property
+    def envelope(self) -> bool:
+        return self.size > 1
 
 
 def _kwargs(req: Any) -> dict:
@@ -63,33 +79,53 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def decode(req: Any, max_attempts: int) -> Delivery:
-    """Validate one request; never raises (a bad message must not fail its batch)."""
+def decode(req: Any, max_attempts: int) -> list[Delivery]:
+    """Validate one request: one delivery per event it carries (a single event or an envelope), or
+    one for the whole message when it cannot be split into events. Never raises: a bad message, or a
+    bad event of an envelope, must not fail the rest of its envelope or batch."""
     if not isinstance(req.kwargs, dict):
-        return Delivery(req, 1, reason="message: keyword arguments must be an object")
+        return [Delivery(req, 1, reason="message: keyword arguments must be an object")]
     kwargs = req.kwargs
     attempt = kwargs.get("attempt", 1)
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-        return Delivery(req, 1, reason="attempt: must be a positive integer")
-    raw = kwargs.get("event")
+        return [Delivery(req, 1, reason="attempt: must be a positive integer")]
+    try:
+        raws = events_of(kwargs)
+    except MalformedMessage as exc:
+        return [Delivery(req, attempt, reason=str(exc))]
+    if "events" not in kwargs:  # the single-event message: as before envelopes
+        return [_decode_one(req, kwargs, attempt, max_attempts, _WHOLE, kwargs.get("event"), 1)]
+    return [_decode_one(req, kwargs, attempt, max_attempts, raw, raw, len(raws)) for raw in raws]
+
+
+def _decode_one(req: Any, kwargs: dict, attempt: int, max_attempts: int, keep: Any, raw: Any,
+                size: int) -> Delivery:
     if _has_nul(raw):
-        return Delivery(req, attempt, reason="event: contains a NUL character")
+        return Delivery(req, attempt, reason="event: contains a NUL character", raw=keep, size=size)
     try:
         event = ProductUploaded.model_validate(raw)
     except ValidationError as exc:
-        return Delivery(req, attempt, reason="; ".join(format_errors(exc)))
+        return Delivery(req, attempt, reason="; ".join(format_errors(exc)), raw=keep, size=size)
     if attempt > max_attempts:  # its last attempt failed and so did dead-lettering it then
         last = kwargs.get("last_error")
-        return Delivery(req, attempt, event, reason=str(last) if last else "attempts exhausted")
-    return Delivery(req, attempt, event)
+        return Delivery(req, attempt, event, reason=str(last) if last else "attempts exhausted",
+                        raw=keep, size=size)
+    return Delivery(req, attempt, event, raw=keep, size=size)
 
 
-def payload(req: Any) -> str:
-    """The message as received, for the dead letter (JSON escapes NUL, so Postgres can store it)."""
+def payload(d: Delivery) -> str:
+    """What the dead letter keeps (JSON escapes NUL, so Postgres can store it): the message as
+    received, or for an event of an envelope that event alone, as a single-event message (what
+    ``tagger dead-letters replay`` reads), with the envelope's task id."""
+    req = d.req
     try:
-        return json.dumps({"args": list(req.args or ()), "kwargs": req.kwargs or {}}, default=str)
+        if d.raw is _WHOLE:
+            return json.dumps({"args": list(req.args or ()), "kwargs": req.kwargs or {}}, default=str)
+        extra = {k: v for k, v in _kwargs(req).items() if k in ("attempt", "last_error")}
+        return json.dumps({"args": list(req.args or ()), "kwargs": {"event": d.raw, **extra},
+                           "envelope": {"task_id": str(req.id), "events": d.size}}, default=str)
     except (TypeError, ValueError):
-        return json.dumps({"repr": repr(req.kwargs)})
+        return json.dumps({"repr": repr(d.raw if d.raw is not _WHOLE else req.kwargs)})
 
 
 def dead_letter(session: Session, d: Delivery, reason: str) -> None:
@@ -107,14 +143,20 @@ def dead_letter(session: Session, d: Delivery, reason: str) -> None:
     elif status is not None:
         # A malformed copy must not mark the real event dead: keep the id in the payload only.
         event_id = None
-    record_dead_letter(session, event_id, payload(d.req), reason[:2000], d.attempt)
+    record_dead_letter(session, event_id, payload(d), reason[:2000], d.attempt)
 
 
-def _requeue(app: Any, s: Settings, d: Delivery, reason: str) -> None:
-    kwargs = dict(_kwargs(d.req))
-    if d.event is not None:
-        kwargs["event"] = d.event.model_dump(mode="json")
-    kwargs.update(attempt=d.attempt + 1, last_error=reason)
+def _requeue(app: Any, s: Settings, ds: list[Delivery], reason: str) -> None:
+    """Send ``ds`` (events of one request, one attempt) back as ONE message, ``attempt + 1``."""
+    d = ds[0]
+    if d.raw is _WHOLE:  # the single-event message (or one that is not events at all): as it came
+        kwargs = dict(_kwargs(d.req))
+        if d.event is not None:
+            kwargs["event"] = d.event.model_dump(mode="json")
+        kwargs.update(attempt=d.attempt + 1, last_error=reason)
+    else:
+        kwargs = tag_product_kwargs([x.event.model_dump(mode="json") if x.event is not None else x.raw
+                                     for x in ds], attempt=d.attempt + 1, last_error=reason)
     app.send_task(TAG_PRODUCT.name, args=list(d.req.args or ()), kwargs=kwargs,
                   queue=TAG_PRODUCT.queue_name(s), countdown=min(2 ** d.attempt, MAX_BACKOFF_S))
 
@@ -129,6 +171,7 @@ def requeue_or_dead_letter(app: Any, s: Settings, deliveries: list[Delivery], re
     reason = reason[:2000]
     db_up = True
     unhanded: list[str] = []
+    again: dict[tuple[str, str], list[Delivery]] = {}  # (request id, reason) -> its events to re-enqueue
     for d in deliveries:
         why = d.reason or reason
         if db_up and (d.reason is not None or d.attempt >= s.max_attempts):
@@ -140,10 +183,13 @@ def requeue_or_dead_letter(app: Any, s: Settings, deliveries: list[Delivery], re
             except Exception as exc2:  # database still down: keep the event moving instead
                 log.warning("dead_letter_failed event_id=%s error=%s", d.event_id, type(exc2).__name__)
                 db_up = False
+        again.setdefault((d.req.id, why), []).append(d)
+    for (req_id, why), ds in again.items():
         try:
-            _requeue(app, s, d, why)
-            log.info("requeued event_id=%s attempt=%d", d.event_id, d.attempt + 1)
+            _requeue(app, s, ds, why)
+            log.info("requeued n=%d event_id=%s attempt=%d", len(ds), ds[0].event_id, ds[0].attempt + 1)
         except Exception:
-            log.exception("requeue_failed event_id=%s", d.event_id)
-            unhanded.append(d.req.id)
+            log.exception("requeue_failed n=%d event_id=%s", len(ds), ds[0].event_id)
+            if req_id not in unhanded:
+                unhanded.append(req_id)
     return unhanded

@@ -1,6 +1,12 @@
 """The tagging batch, in stages: decode requests -> fetch images -> infer (no DB connection
 held) -> write every effect in one transaction -> return (celery-batches then acks).
 
+A request is one message, and a message may carry an envelope of events (:mod:`shared.tasks`):
+the batch flattens its requests into events (:func:`workers.deliveries.decode`), runs the model on
+them in pieces of at most ``batch_size`` events (a flush may hold a few more: it runs once
+``batch_size`` EVENTS are buffered, and an envelope is never split), writes them all in one
+transaction, and reports an outcome per event (Prometheus counts events; Flower, a task per message).
+
 On a GPU the inference is cut into sub-batches (:mod:`workers.stages`): fetch + decode of the next
 on a stage thread while the model runs this one; the batch stays one write and one ack.
 
@@ -206,9 +212,12 @@ def _infer_waiting(rt: Runtime, events: list[ProductUploaded], tagger: Any,
     None when it lasts longer than ``outage_max_wait_s`` (the batch then goes back to the broker)."""
     s = rt.settings
     deadline, pause = time.monotonic() + s.outage_max_wait_s, 0.5
+    outcomes: list[tuple[Any, str | None]] = []
     while True:
         try:
-            outcomes = infer(rt, events, tagger, watch)
+            # The model never sees more than batch_size events at once, however many a flush holds.
+            while len(outcomes) < len(events):
+                outcomes += infer(rt, events[len(outcomes):len(outcomes) + s.batch_size], tagger, watch)
             mark_object_store(True)
             return outcomes
         except ObjectStoreUnavailable as exc:
@@ -261,18 +270,31 @@ def _observe_accuracy(rt: Runtime, preds: list[Any]) -> None:
 
 
 def _outcomes(deliveries: list[Delivery], kind: str, max_attempts: int,
-              unhanded: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
-    """Each request's outcome for Flower's task events (:data:`OUTCOMES`): a reason KIND, never data.
-    Mirrors :func:`workers.deliveries.requeue_or_dead_letter`: malformed or out of attempts ->
-    dead-lettered ("failed"), else re-enqueued ("retried"); unhanded ones are left to the broker."""
-    out = {}
+              unhanded: list[str] | tuple[str, ...] = ()) -> list[tuple[Delivery, str]]:
+    """Each event's outcome (:data:`OUTCOMES`): a reason KIND, never data. Mirrors
+    :func:`workers.deliveries.requeue_or_dead_letter`: malformed or out of attempts -> dead-lettered
+    ("failed"), else re-enqueued ("retried"); the events of unhanded requests are left to the broker."""
+    out = []
     for d in deliveries:
         if d.req.id in unhanded:
             continue
         if d.reason is not None:
-            out[d.req.id] = "failed:" + ("malformed" if d.event is None else "attempts_exhausted")
+            out.append((d, "failed:" + ("malformed" if d.event is None else "attempts_exhausted")))
         else:
-            out[d.req.id] = ("failed:" if d.attempt >= max_attempts else "retried:") + kind
+            out.append((d, ("failed:" if d.attempt >= max_attempts else "retried:") + kind))
+    return out
+
+
+def per_request(*outcomes: list[tuple[Delivery, str]]) -> dict[str, list[str]]:
+    """Events' outcomes as :data:`OUTCOMES` reports them: ``{request id: [outcome of each event]}``.
+    A later list overrides an earlier one for the same event (a refused write after its inference)."""
+    final: dict[int, tuple[Delivery, str]] = {}
+    for pairs in outcomes:
+        for d, outcome in pairs:
+            final[id(d)] = (d, outcome)
+    out: dict[str, list[str]] = {}
+    for d, outcome in final.values():
+        out.setdefault(d.req.id, []).append(outcome)
     return out
 
 
@@ -290,44 +312,49 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     if not readiness()[1]["database_up"] and not wait_for_database(
             s.database_url, s.outage_backoff_max_s, s.outage_max_wait_s):
         # Still down: no inference for nothing; the broker keeps the batch, the next one waits again.
-        log.warning("batch_handed_back n=%d reason=database_unreachable", len(requests))
-        return {"n": len(requests), "handed_back": len(requests), UNACKED: every}
+        log.warning("batch_handed_back messages=%d reason=database_unreachable", len(requests))
+        return {"messages": len(requests), "handed_back": len(requests), UNACKED: every}
     if rt.watcher is not None:
         rt.watcher.poll()  # cheap: at most one short query every few seconds
     off = rt.switches.poll() if rt.switches is not None else frozenset()  # likewise
     tagger = rt.tagger  # one model for the whole batch, even if a swap lands meanwhile
-    deliveries = [decode(req, s.max_attempts) for req in requests]
+    deliveries = [d for req in requests for d in decode(req, s.max_attempts)]  # envelopes flattened
+    n = len(deliveries)
     todo = [d for d in deliveries if d.reason is None]
     given_up = [d for d in deliveries if d.reason is not None]
     watch = Stopwatch()
     try:
         outcomes = _infer_waiting(rt, [d.event for d in todo], tagger, watch) if todo else []
         if outcomes is None:  # the object store stayed down: the broker keeps the batch, as it was
-            log.warning("batch_handed_back n=%d reason=object_store_unreachable", len(requests))
-            return {"n": len(requests), "handed_back": len(requests), UNACKED: every}
+            log.warning("batch_handed_back n=%d messages=%d reason=object_store_unreachable", n,
+                        len(requests))
+            return {"n": n, "messages": len(requests), "handed_back": len(requests), UNACKED: every}
         version = tagger.version
         results = [_result(d, p, ie, version, off, s.audit_rate)
                    for d, (p, ie) in zip(todo, outcomes, strict=True)]
     except Exception as exc:  # the model failed on the batch: hand on each delivery, attempts counted
-        log.exception("batch_failed stage=infer n=%d error=%s", len(requests), type(exc).__name__)
+        log.exception("batch_failed stage=infer n=%d messages=%d error=%s", n, len(requests),
+                      type(exc).__name__)
         unhanded = requeue_or_dead_letter(app, s, deliveries, f"infer: {type(exc).__name__}")
-        count_failure("batch", len(requests))
-        return {"n": len(requests), "failed": len(requests), "error": f"infer: {type(exc).__name__}",
-                UNACKED: unhanded, OUTCOMES: _outcomes(deliveries, "infer_error", s.max_attempts, unhanded)}
+        count_failure("batch", n)
+        return {"n": n, "messages": len(requests), "failed": n, "error": f"infer: {type(exc).__name__}",
+                UNACKED: unhanded,
+                OUTCOMES: per_request(_outcomes(deliveries, "infer_error", s.max_attempts, unhanded))}
     t_infer = time.perf_counter()
     try:
         with watch.stage("write"):
             report = write(s, list(zip(todo, results, strict=True)), given_up)
     except OutageTimeout as exc:
-        log.warning("batch_handed_back n=%d reason=database_unreachable error=%s", len(requests), exc)
-        return {"n": len(requests), "handed_back": len(requests), UNACKED: every}
+        log.warning("batch_handed_back n=%d messages=%d reason=database_unreachable error=%s", n,
+                    len(requests), exc)
+        return {"n": n, "messages": len(requests), "handed_back": len(requests), UNACKED: every}
     except Exception as exc:  # not narrowed down (e.g. the dead letters themselves): attempts counted
         reason = describe(exc)
-        log.error("batch_failed stage=write n=%d error=%s", len(requests), reason)
+        log.error("batch_failed stage=write n=%d messages=%d error=%s", n, len(requests), reason)
         unhanded = requeue_or_dead_letter(app, s, deliveries, reason)
-        count_failure("batch", len(requests))
-        return {"n": len(requests), "failed": len(requests), "error": reason, UNACKED: unhanded,
-                OUTCOMES: _outcomes(deliveries, "write_error", s.max_attempts, unhanded)}
+        count_failure("batch", n)
+        return {"n": n, "messages": len(requests), "failed": n, "error": reason, UNACKED: unhanded,
+                OUTCOMES: per_request(_outcomes(deliveries, "write_error", s.max_attempts, unhanded))}
     unhanded = []
     for d, reason in report.failed:  # a write that failed alone for no known reason: one more attempt
         unhanded += requeue_or_dead_letter(app, s, [d], reason)
@@ -335,24 +362,26 @@ def process_batch(requests: list, rt: Runtime, app: Any) -> dict:
     if tagger is rt.tagger:  # after a swap mid-batch these scores are the old model's: not counted
         _observe_accuracy(rt, [p for p, _ in outcomes])
     image_errors = sum(1 for r in results if r.image_error)
-    observe_batch(len(requests), {**watch.seconds, "infer": t_infer - t0})
+    observe_batch(n, {**watch.seconds, "infer": t_infer - t0})
     count_failure("image", image_errors)
     count_failure("refused", len(report.refused))
-    not_written = {d.req.id for d, _ in report.refused + report.failed}
+    not_written = {id(d) for d, _ in report.refused + report.failed}
     count_axis_decisions(r.tags for d, r in zip(todo, results, strict=True)
-                         if r.status == "tagged" and d.req.id not in not_written)
+                         if r.status == "tagged" and id(d) not in not_written)
     ms = watch.ms()
     dead = len(given_up) + len(report.refused)
     log.info("batch_tagged n=%d dead_lettered=%d image_errors=%d model=%s infer_ms=%d write_ms=%d "
-             "fetch_ms=%d decode_ms=%d encode_ms=%d head_ms=%d waited_s=%.1f",
-             len(requests), dead, image_errors, version, (t_infer - t0) * 1000,
+             "fetch_ms=%d decode_ms=%d encode_ms=%d head_ms=%d waited_s=%.1f messages=%d",
+             n, dead, image_errors, version, (t_infer - t0) * 1000,
              (done - t_infer) * 1000, *(ms.get(k, 0) for k in ("fetch", "decode", "encode", "head")),
-             report.waited_s)
-    return {"n": len(requests), "tagged": len(results) - len(report.refused) - len(report.failed),
+             report.waited_s, len(requests))
+    return {"n": n, "messages": len(requests),
+            "tagged": len(results) - len(report.refused) - len(report.failed),
             "dead_lettered": dead, "image_errors": image_errors, "refused": len(report.refused),
             "waited_s": round(report.waited_s, 1), UNACKED: unhanded,
-            OUTCOMES: {**{d.req.id: "succeeded" if r.status == "tagged" else "failed:tagging_failed"
-                          for d, r in zip(todo, results, strict=True)},
-                       **_outcomes(given_up, "", s.max_attempts),
-                       **{d.req.id: "failed:refused" for d, _ in report.refused},
-                       **_outcomes([d for d, _ in report.failed], "write_error", s.max_attempts, unhanded)}}
+            OUTCOMES: per_request(
+                [(d, "succeeded" if r.status == "tagged" else "failed:tagging_failed")
+                 for d, r in zip(todo, results, strict=True)],
+                _outcomes(given_up, "", s.max_attempts),
+                [(d, "failed:refused") for d, _ in report.refused],
+                _outcomes([d for d, _ in report.failed], "write_error", s.max_attempts, unhanded))}

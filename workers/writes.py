@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 
 from shared.config import Settings
@@ -137,11 +137,11 @@ def _narrow(s: Settings, pairs: list[tuple[Delivery, TaggingResult]], exc: Excep
         return
     log.warning("write_refused event_id=%s reason=%s", d.event_id, reason)
     try:
-        _transaction(s, [], [Delivery(d.req, d.attempt, d.event, reason=reason)], report)
+        _transaction(s, [], [replace(d, reason=reason)], report)
     except OutageTimeout:
         raise
     except Exception as dl_exc:  # even its event row is refused: keep the message, without that row
         log.warning("dead_letter_row_refused event_id=%s error=%s", d.event_id, describe(dl_exc))
         with session_scope(s.database_url) as session:
-            record_dead_letter(session, None, payload(d.req), reason, d.attempt)
+            record_dead_letter(session, None, payload(d), reason, d.attempt)
     report.refused.append((d, reason))
