@@ -17,7 +17,7 @@ import csv
 import inspect
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.baseline import baseline_report
@@ -105,9 +105,10 @@ def _reusable(model_dir: Path, fingerprint: str, cfg: TrainConfig) -> dict | Non
     stored, want = trained.get("config") or {}, json.loads(json.dumps(asdict(cfg)))
     default = json.loads(json.dumps(asdict(TrainConfig())))
     def same(have: dict, want: dict, default: dict) -> bool:
-        """A key newer than the model was trained with its default then."""
+        """A key newer than the model was trained with its default then; a value the recipe
+        leaves to the catalogue (None) is whatever training chose (the fingerprint pins the data)."""
         return all(same(have.get(k) or {}, v, default.get(k) or {}) if isinstance(v, dict)
-                   else have.get(k, default.get(k)) == v for k, v in want.items())
+                   else v is None or have.get(k, default.get(k)) == v for k, v in want.items())
 
     if trained.get("fingerprint") != fingerprint or not same(stored, want, default):
         return None
@@ -159,7 +160,7 @@ def main() -> None:
         recipe = RECIPES.get(name, Recipe(note="tagger train's defaults"))
         t0 = time.perf_counter()
         holdout = official_test_ids(path, recipe.official_split) if recipe.official_split else None
-        cfg = replace(Recipe({**recipe.options, **overrides}).cfg)
+        cfg = Recipe({**recipe.options, **overrides}).cfg
         print(f"== {name}: {recipe.note or 'recipe'}", flush=True)
         data = prepare(path, cfg, holdout, show_progress=True)
         model = _reusable(args.out / name, data.fingerprint, cfg) if args.reuse else None
