@@ -91,9 +91,12 @@ def event(n: int, **extra: Any) -> dict[str, Any]:
 
 
 def queued_event_ids(client: redis.Redis, queue: str = QUEUE) -> list[str]:
-    """The event ids of every Celery (protocol 2) message on a Redis queue list, in queue order."""
+    """The event ids carried by every Celery (protocol 2) message on a Redis queue list (each event
+    of an envelope), in queue order."""
+    from shared.tasks import events_of
+
     ids = []
     for raw in client.lrange(queue, 0, -1):
         _args, kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        ids.append(kwargs["event"]["event_id"])
+        ids.extend(e["event_id"] for e in events_of(kwargs))
     return ids

@@ -46,8 +46,10 @@ def test_batch(client: TestClient, auth: dict[str, str], db_url: str, broker: re
     assert response.json()["accepted"] == ["evt-0", "evt-1", "evt-2"]
     assert set(rows(db_url)) == {"evt-0", "evt-1", "evt-2"}
     assert sorted(queued_event_ids(broker)) == ["evt-0", "evt-1", "evt-2"]
-    assert spy.lpush_sizes() == [3]  # the request's events: one Redis round trip
-    assert all(d.event is not None and d.reason is None for d in taken_by_worker(REDIS_URL, 3))
+    assert spy.lpush_sizes() == [1]  # the request's events: one envelope, one Redis round trip
+    taken = taken_by_worker(REDIS_URL, 1)
+    assert [d.event.event_id for d in taken if d.event] == ["evt-0", "evt-1", "evt-2"]
+    assert all(d.reason is None and d.envelope for d in taken)
 
 
 def test_bad_event_fails_alone(client: TestClient, auth: dict[str, str], db_url: str,

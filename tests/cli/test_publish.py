@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.publish import register
+from shared.tasks import events_of
 from tests.cli.root import root_with
 from tests.private_redis import flushed
 from tests.shared.test_publish import DEAD_URL, QUEUE, REDIS_URL, event, queued, queued_event_ids
@@ -84,7 +85,7 @@ def test_cli_reads_csv_with_empty_cells_as_absent(broker: redis.Redis, tmp_path:
     assert result.exit_code == 1, result.output
     assert "2 published, 1 rejected" in result.stdout
     assert "line 4: title: required field is missing" in result.stdout
-    events = {m["kwargs"]["event"]["event_id"]: m["kwargs"]["event"] for m in queued(broker)}
+    events = {e["event_id"]: e for m in queued(broker) for e in events_of(m["kwargs"])}
     assert set(events) == {"e1", "e2"}
     assert events["e1"]["description"] is None and events["e2"]["image_uri"] is None
     assert events["e2"]["title"] == "Kurta, red"
@@ -95,7 +96,8 @@ def test_cli_all_good_exits_zero(broker: redis.Redis, tmp_path: Path) -> None:
     result = run_cli(str(path), "--broker", REDIS_URL, "--queue", QUEUE)
     assert result.exit_code == 0, result.output
     assert "5 published, 0 rejected" in result.stdout
-    assert broker.llen(QUEUE) == 5
+    assert broker.llen(QUEUE) == 1  # one envelope (TAGGER_EVENTS_PER_MESSAGE, default 50)
+    assert len(queued_event_ids(broker)) == 5
 
 
 def test_cli_dry_run_sends_nothing(broker: redis.Redis, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Publishing to the real Redis broker: one Celery message per event, pipelined, JSON only, no torch,
-what a lost broker means, and the CLI."""
+"""Publishing to the real Redis broker: Celery messages of one event or an envelope of up to
+``events_per_message``, pipelined, JSON only, no torch, what a lost broker means, and the CLI."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from shared.events import ProductUploaded, format_errors
 from shared.publish import PIPELINE_EVENTS, BrokerUnavailable, Publisher, PublisherConfigError
-from shared.tasks import TAG_PRODUCT
+from shared.tasks import TAG_PRODUCT, events_of
 from tests.private_redis import flushed, private_redis_url
 from tests.workers.procs import RedisServer
 from workers.deliveries import Delivery, decode
@@ -62,7 +62,7 @@ def queued(client: redis.Redis, queue: str = QUEUE) -> list[dict[str, Any]]:
 
 
 def queued_event_ids(client: redis.Redis) -> set[str]:
-    return {m["kwargs"]["event"]["event_id"] for m in queued(client)}
+    return {e["event_id"] for m in queued(client) for e in events_of(m["kwargs"])}
 
 
 def taken_by_worker(url: str, n: int) -> list[Delivery]:
@@ -88,7 +88,7 @@ def taken_by_worker(url: str, n: int) -> list[Delivery]:
         while len(requests) < n:
             conn.drain_events(timeout=5)
     app.close()
-    return [decode(r, max_attempts=3) for r in requests]
+    return [d for r in requests for d in decode(r, max_attempts=3)]
 
 
 class PipelineSpy:
@@ -110,8 +110,9 @@ class PipelineSpy:
 
 
 def test_one_message_per_event_whose_body_is_the_event(broker: redis.Redis) -> None:
+    """events_per_message=1: the messages every producer sent before envelopes."""
     events = [ProductUploaded.model_validate(event(1, image_uri="s3://b/k.jpg")), event(2), event(3)]
-    with Publisher(REDIS_URL, QUEUE) as publisher:
+    with Publisher(REDIS_URL, QUEUE, events_per_message=1) as publisher:
         ids = publisher.publish(events)
     assert len(ids) == len(set(ids)) == 3
     messages = queued(broker)
@@ -125,19 +126,46 @@ def test_one_message_per_event_whose_body_is_the_event(broker: redis.Redis) -> N
         assert ProductUploaded.model_validate(by_id[model.event_id]["event"]) == model
 
 
+def test_envelopes_carry_the_events_in_order_and_share_their_message_id(broker: redis.Redis) -> None:
+    events = [ProductUploaded.model_validate(event(n, image_uri=f"s3://b/{n}.jpg")) for n in range(7)]
+    with Publisher(REDIS_URL, QUEUE, events_per_message=3) as publisher:
+        ids = publisher.publish(events)
+    messages = queued(broker)[::-1]  # LPUSH: newest first
+    assert [len(events_of(m["kwargs"])) for m in messages] == [3, 3, 1]
+    assert [m["headers"]["id"] for m in messages] == [ids[0], ids[3], ids[6]]
+    assert ids[:3] == [ids[0]] * 3 and ids[3:6] == [ids[3]] * 3 and len(set(ids)) == 3
+    assert messages[0]["kwargs"] == {"events": [e.model_dump(mode="json") for e in events[:3]]}
+    assert messages[2]["kwargs"] == {"event": events[6].model_dump(mode="json")}  # one alone: as before
+    assert messages[0]["headers"]["kwargsrepr"] == "{'events': [3 events: 'evt-0' ... 'evt-2']}"
+
+
+def test_the_default_is_the_settings_default_and_out_of_range_is_refused() -> None:
+    from shared.config import Settings
+
+    with Publisher(REDIS_URL, QUEUE) as publisher:
+        assert publisher.events_per_message == Settings().events_per_message == 50
+    s = Settings(broker_url=REDIS_URL, events_per_message=7)
+    with Publisher.from_settings(s) as publisher:
+        assert publisher.events_per_message == 7
+    for bad in (0, 1001):
+        with pytest.raises(PublisherConfigError, match="events_per_message"):
+            Publisher(REDIS_URL, QUEUE, events_per_message=bad)
+
+
+@pytest.mark.parametrize(("per", "messages"), [(1, 50), (50, 1), (20, 3)])
 def test_a_call_is_one_pipeline_and_each_message_is_one_the_worker_accepts(
-    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch, per: int, messages: int,
 ) -> None:
     events = [ProductUploaded.model_validate(event(n, image_uri=f"s3://b/{n}.jpg")) for n in range(50)]
-    with Publisher(REDIS_URL, QUEUE) as publisher:
+    with Publisher(REDIS_URL, QUEUE, events_per_message=per) as publisher:
         publisher.check()
         spy = PipelineSpy(monkeypatch)
         ids = publisher.publish(events)
-    assert spy.lpush_sizes() == [50], "50 events should go out in one Redis round trip"
-    assert broker.llen(QUEUE) == 50
+    assert spy.lpush_sizes() == [messages], "50 events should go out in one Redis round trip"
+    assert broker.llen(QUEUE) == messages
     headers = [m["headers"] for m in queued(broker)]
     assert all(len(h["kwargsrepr"]) < 100 and h["argsrepr"] == "()" for h in headers)  # no payload copy
-    deliveries = taken_by_worker(REDIS_URL, 50)
+    deliveries = taken_by_worker(REDIS_URL, messages)
     assert {d.req.id for d in deliveries} == set(ids)
     assert all(d.req.name == TAG_PRODUCT.name and d.attempt == 1 and d.reason is None for d in deliveries)
     assert sorted((d.event for d in deliveries), key=lambda e: int(e.event_id[4:])) == events
@@ -145,11 +173,23 @@ def test_a_call_is_one_pipeline_and_each_message_is_one_the_worker_accepts(
 
 def test_a_big_call_is_several_pipelines(broker: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     n = 2 * PIPELINE_EVENTS + 200
-    with Publisher(REDIS_URL, QUEUE) as publisher:
+    with Publisher(REDIS_URL, QUEUE, events_per_message=1) as publisher:
         spy = PipelineSpy(monkeypatch)
         ids = publisher.publish([event(i) for i in range(n)])
     assert len(set(ids)) == n and broker.llen(QUEUE) == n
     assert spy.lpush_sizes() == [PIPELINE_EVENTS, PIPELINE_EVENTS, 200]
+
+
+def test_a_big_call_of_envelopes_is_several_pipelines_of_whole_envelopes(
+    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    n = 2 * PIPELINE_EVENTS + 200
+    with Publisher(REDIS_URL, QUEUE, events_per_message=30) as publisher:  # 480 events a pipeline
+        spy = PipelineSpy(monkeypatch)
+        ids = publisher.publish([event(i) for i in range(n)])
+    assert len(ids) == n and queued_event_ids(broker) == {f"evt-{i}" for i in range(n)}
+    assert spy.lpush_sizes() == [16, 16, 8]  # 480 + 480 + 240 events: whole envelopes of 30
+    assert sorted(len(events_of(m["kwargs"])) for m in queued(broker))[:2] == [30, 30]
 
 
 def test_the_message_is_the_one_celery_sends_but_for_the_short_reprs(broker: redis.Redis) -> None:
@@ -190,7 +230,7 @@ def test_publish_signals_still_fire_when_a_host_service_connects_them(broker: re
     def after(sender: str, headers: dict, **_: Any) -> None:
         seen.append(("after", headers["id"]))
 
-    with Publisher(REDIS_URL, QUEUE) as publisher:
+    with Publisher(REDIS_URL, QUEUE, events_per_message=1) as publisher:
         publisher.publish([event(1)])  # nothing connected: the direct path
         assert seen == []
         before_task_publish.connect(before, weak=False)
@@ -201,12 +241,22 @@ def test_publish_signals_still_fire_when_a_host_service_connects_them(broker: re
             before_task_publish.disconnect(before)
             after_task_publish.disconnect(after)
         assert Publisher._signals_connected() is False
-    assert [kind for kind, _ in seen] == ["before", "after"] * 2
+        publisher.events_per_message = 2
+        before_task_publish.connect(before, weak=False)
+        after_task_publish.connect(after, weak=False)
+        try:
+            ids += publisher.publish([event(4), event(5)])  # one envelope through send_task
+        finally:
+            before_task_publish.disconnect(before)
+            after_task_publish.disconnect(after)
+    assert [kind for kind, _ in seen] == ["before", "after"] * 3
     assert {task_id for _, task_id in seen} == set(ids)
-    assert len(queued(broker)) == 3
+    assert len(queued(broker)) == 4
+    assert queued_event_ids(broker) == {f"evt-{i}" for i in range(1, 6)}
 
 
-def test_broker_lost_mid_call_knows_only_whole_pipelines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per", [1, 50])
+def test_broker_lost_mid_call_knows_only_whole_pipelines(tmp_path: Path, per: int) -> None:
     """The broker dies (SIGKILL) while a call is being sent: ``sent`` counts the confirmed pipelines,
     every one of those events is on the queue once the broker is back (AOF, fsync always), and
     re-publishing the rest delivers every event; some of the failed pipeline may arrive twice."""
@@ -214,11 +264,11 @@ def test_broker_lost_mid_call_knows_only_whole_pipelines(tmp_path: Path) -> None
     events = [event(i) for i in range(10 * PIPELINE_EVENTS)]
     try:
         client = server.client()
-        with Publisher(server.url, QUEUE) as publisher:
+        with Publisher(server.url, QUEUE, events_per_message=per) as publisher:
             publisher.check()
 
             def kill_after_first_pipeline() -> None:
-                while client.llen(QUEUE) < PIPELINE_EVENTS:
+                while client.llen(QUEUE) < PIPELINE_EVENTS // per:
                     time.sleep(0.001)
                 server.kill()
 
@@ -237,7 +287,7 @@ def test_broker_lost_mid_call_knows_only_whole_pipelines(tmp_path: Path) -> None
             assert len(on_queue) < len(events)
             publisher.publish(events[sent:])
         assert queued_event_ids(client) == {e["event_id"] for e in events}
-        assert client.llen(QUEUE) >= len(events)
+        assert client.llen(QUEUE) >= len(events) // per
     finally:
         server.kill()
 
@@ -277,8 +327,8 @@ def test_a_batch_reuses_one_pooled_connection(broker: redis.Redis, monkeypatch: 
         publisher.check()
         publisher.publish([event(n) for n in range(100)])
         publisher.publish([event(n) for n in range(100, 200)])
-    assert broker.llen(QUEUE) == 200
-    assert len(sockets) <= 3, f"{len(sockets)} sockets opened for 200 messages"
+    assert len(queued_event_ids(broker)) == 200 and broker.llen(QUEUE) == 4  # envelopes of 50
+    assert len(sockets) <= 3, f"{len(sockets)} sockets opened for 200 events"
 
 
 def test_in_memory_broker_is_refused() -> None:

@@ -1,4 +1,5 @@
-"""The hand-off rules of a failed batch, as plain functions: decode, re-enqueue, dead-letter, ack."""
+"""The hand-off rules of a failed batch, as plain functions: decode (single events and envelopes),
+re-enqueue, dead-letter, ack."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pytest
 from celery import Celery
 
 from shared.config import Settings
+from shared.db.dead_letters import parse_payload
 from shared.db.session import session_scope
 from shared.db.tags import TaggingResult, apply_batch
 from tests.workers.db import Db
 from tests.workers.stack import event
 from workers.batching import UNACKED, ReliableBatches
-from workers.deliveries import decode, requeue_or_dead_letter
+from workers.deliveries import decode as decode_all
+from workers.deliveries import payload, requeue_or_dead_letter
 
 DOWN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tagger_no_such_database"
 
@@ -47,6 +50,12 @@ def db_url(make_db: Callable[..., str]) -> str:
     return make_db()
 
 
+def decode(req: Any, max_attempts: int) -> Any:
+    """The one delivery of a single-event message."""
+    (d,) = decode_all(req, max_attempts)
+    return d
+
+
 @pytest.mark.parametrize(("kwargs", "attempt", "reason"), [
     ({"event": event()}, 1, None),
     ({"event": event(), "attempt": 2}, 2, None),
@@ -63,6 +72,72 @@ def test_decode_never_raises(kwargs: Any, attempt: int, reason: str | None) -> N
     d = decode(Req(kwargs), max_attempts=3)
     assert d.attempt == attempt
     assert (d.reason is None) if reason is None else (reason in (d.reason or ""))
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"events": []}, "events: must be a non-empty list of events"),
+    ({"events": {"event_id": "x"}}, "events: must be a non-empty list of events"),
+    ({"events": [event()] * 1001}, "events: 1001 events in one message, at most 1000"),
+    ({"events": [event(), event()], "event": event()}, "message: carries both 'event' and 'events'"),
+    ({"events": [event(), event()], "attempt": -1}, "attempt: must be a positive integer"),
+])
+def test_an_envelope_that_cannot_be_split_is_one_malformed_delivery(kwargs: Any, reason: str) -> None:
+    (d,) = decode_all(Req(kwargs), max_attempts=3)
+    assert d.event is None and d.reason == reason
+
+
+def test_an_envelope_is_one_delivery_per_event_and_a_bad_one_fails_alone() -> None:
+    good = [event(), event()]
+    no_title = event()
+    del no_title["title"]
+    req = Req({"events": [good[0], no_title, "text", event(title="a\x00b"), good[1]], "attempt": 2})
+    ds = decode_all(req, max_attempts=3)
+    assert [d.req for d in ds] == [req] * 5 and {d.attempt for d in ds} == {2}
+    assert all(d.envelope and d.size == 5 for d in ds)
+    assert [d.event.event_id if d.event else None for d in ds] == [good[0]["event_id"], None, None, None,
+                                                                   good[1]["event_id"]]
+    assert [d.reason for d in ds][::4] == [None, None]
+    assert "title: required field is missing" in (ds[1].reason or "")
+    assert ds[1].event_id == no_title["event_id"]  # a bad event keeps its id for the dead letter
+    assert "Input should be" in (ds[2].reason or "") and ds[2].event_id is None
+    assert ds[3].reason == "event: contains a NUL character"
+    # Past the last attempt every event of the envelope is due for the dead letter.
+    assert {d.reason for d in decode_all(Req({"events": good, "attempt": 4, "last_error": "x"}), 3)} == {"x"}
+
+
+def test_a_dead_letter_of_an_envelope_event_keeps_that_event_alone_replayable() -> None:
+    evs = [event(), event(), event()]
+    req = Req({"events": evs, "attempt": 2, "last_error": "RuntimeError: boom"})
+    d = decode_all(req, 3)[1]
+    doc = __import__("json").loads(payload(d))
+    assert doc["kwargs"] == {"event": evs[1], "attempt": 2, "last_error": "RuntimeError: boom"}
+    assert doc["envelope"] == {"task_id": req.id, "events": 3}
+    assert parse_payload(payload(d)).event_id == evs[1]["event_id"]
+    single = Req({"event": evs[0]})  # the single-event message: as it came, as before envelopes
+    assert __import__("json").loads(payload(decode(single, 3))) == {"args": [], "kwargs": {"event": evs[0]}}
+
+
+def test_a_failed_envelope_goes_back_as_one_envelope_and_its_due_events_are_dead_lettered(
+    db_url: str,
+) -> None:
+    app, s = App(), Settings(database_url=db_url, max_attempts=3)
+    bad = {"event_id": f"bad-{uuid.uuid4().hex[:6]}"}
+    evs = [event(), event(), event()]
+    env = Req({"events": [evs[0], bad, evs[1], evs[2]]})
+    single = Req({"event": event()})
+    ds = decode_all(env, 3) + decode_all(single, 3)
+    assert requeue_or_dead_letter(app, s, ds, "RuntimeError: boom") == []
+    assert [(m["attempt"], m["countdown"], m["last_error"]) for m in app.sent] == [
+        (2, 2, "RuntimeError: boom"), (2, 2, "RuntimeError: boom")]
+    assert [e["event_id"] for e in app.sent[0]["events"]] == [e["event_id"] for e in evs]  # one message
+    assert "event" not in app.sent[0]
+    assert app.sent[1]["event"]["event_id"] == single.kwargs["event"]["event_id"]
+    db = Db(db_url)
+    try:
+        (dead,) = db.dead_letters([bad["event_id"]])
+        assert "title: required field is missing" in dead["reason"]
+    finally:
+        db.close()
 
 
 def test_failed_batch_requeues_with_next_attempt_and_backoff(db_url: str) -> None:
@@ -125,6 +200,8 @@ def test_database_and_broker_down_leaves_the_messages_unacked() -> None:
     reqs = [Req({"event": event()}), Req({"event": event(), "attempt": 2})]
     left = requeue_or_dead_letter(app, s, [decode(r, 2) for r in reqs], "RuntimeError: x")
     assert left == [r.id for r in reqs]
+    env = Req({"events": [event(), event(), event()]})
+    assert requeue_or_dead_letter(app, s, decode_all(env, 2), "RuntimeError: x") == [env.id]  # once
 
 
 # --- the ack rule in ReliableBatches.flush ------------------------------------------------------

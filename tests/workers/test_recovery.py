@@ -1,5 +1,6 @@
-"""Crashes: the worker SIGKILLed mid-batch, then Redis restarted under a running worker. Every event
-ends tagged exactly once and nothing stays unacked. One Redis (AOF on) and one worker serve both."""
+"""Crashes: the worker SIGKILLed mid-batch (messages of one event, then envelopes of several), then
+Redis restarted under a running worker. Every event ends tagged exactly once and nothing stays
+unacked. One Redis (AOF on) and one worker serve them all."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from shared.publish import Publisher
+from shared.tasks import events_of
 from tests.servers import CountingListener
 from tests.workers.db import Db
 from tests.workers.procs import wait_for
@@ -35,7 +37,7 @@ def crash_stack(make_redis: Callable, make_db: Callable, worker_env: Callable, s
                      fetch_timeout_s=HUNG_FETCH_S)
     worker = start_worker("crash", env)
     db = Db(url)
-    with Publisher(redis.url) as publisher:
+    with Publisher(redis.url, events_per_message=1) as publisher:  # PREFETCH counts these messages
         yield Stack(redis, db, worker, publisher)
     db.close()
     worker.stop()  # a worker holds over a gigabyte: do not keep it for the rest of the session
@@ -83,11 +85,42 @@ def test_sigkill_mid_batch_then_restart_tags_every_event_once(
              "some events tagged and a full prefetch held", every=0.05)
     crash_stack.worker.kill()
     done = tagged()
-    held = {m["event"]["event_id"] for m in crash_stack.redis.messages()}
+    held = {e["event_id"] for m in crash_stack.redis.messages() for e in events_of(m)}
     assert 0 < len(done) < len(ids)
     assert set(ids) <= done | held, "every event is either tagged or still held by Redis"
 
     crash_stack.worker.start()  # its messages come back after the visibility timeout
+    assert_tagged_exactly_once(crash_stack, evs, tag_count)
+
+
+def test_sigkill_mid_batch_of_envelopes_then_restart_tags_every_event_once(
+    crash_stack: Stack, images: Images, hung: CountingListener, tag_count: int
+) -> None:
+    """Envelopes of 5 (batches of 8 events: two envelopes each): an envelope is acked only once all
+    its events are written, so the kill leaves every untagged event in a message Redis still holds,
+    and the redelivered envelopes re-apply what was already written without a second set of tags."""
+    if not crash_stack.worker.alive():
+        crash_stack.worker.start()
+    evs = events(images, 40, hung, slow={9, 25})  # envelopes 2 and 6 sit in a hung fetch
+    ids = [e["event_id"] for e in evs]
+    with Publisher(crash_stack.redis.url, events_per_message=5) as publisher:
+        publisher.publish(evs)
+
+    def tagged() -> set[str]:
+        return {i for i, r in crash_stack.db.events(ids).items() if r["status"] == "tagged"}
+
+    # Every envelope taken off the queue (8 messages: within the prefetch), some written and acked.
+    wait_for(lambda: 0 < len(tagged()) < len(ids) and crash_stack.redis.backlog()[0] == 0
+             and crash_stack.redis.backlog()[1] > 0, 60, "some events tagged, the rest held", every=0.05)
+    crash_stack.worker.kill()
+    done = tagged()
+    held = crash_stack.redis.messages()
+    held_ids = {e["event_id"] for m in held for e in events_of(m)}
+    assert 0 < len(done) < len(ids)
+    assert all("events" in m and len(m["events"]) == 5 for m in held)  # whole envelopes, unacked
+    assert set(ids) <= done | held_ids, "every event is either tagged or still held by Redis"
+
+    crash_stack.worker.start()  # its envelopes come back after the visibility timeout
     assert_tagged_exactly_once(crash_stack, evs, tag_count)
 
 

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.publish import Publisher
+from shared.tasks import events_of
 from tests.workers.db import Db
 from tests.workers.procs import wait_for
 from tests.workers.stack import Stack, event
@@ -53,8 +54,9 @@ def logged(stack: Stack, text: str, ids: list[str]) -> bool:
 
 
 def in_redis(stack: Stack, ids: list[str]) -> dict[str, dict] | None:
-    """The message of each event, when Redis holds every one (waiting or delivered, unacked)."""
-    held = {m["event"]["event_id"]: m for m in stack.redis.messages() if isinstance(m.get("event"), dict)}
+    """The message (one event's or an envelope's) of each event, when Redis holds every one (waiting
+    or delivered, unacked)."""
+    held = {e["event_id"]: m for m in stack.redis.messages() for e in events_of(m) if isinstance(e, dict)}
     return held if set(ids) <= held.keys() else None
 
 
