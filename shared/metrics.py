@@ -23,7 +23,8 @@ STAGES = ("fetch", "decode", "encode", "head", "write", "infer")
 events_accepted_total = Counter("tagger_events_accepted_total", "Events accepted by POST /v1/events.")
 events_rejected_total = Counter("tagger_events_rejected_total", "Events rejected by POST /v1/events.")
 queue_depth = Gauge("tagger_queue_depth", "Messages waiting on a broker queue (read from Redis when the "
-                    "API's /metrics is scraped).", ["queue"])
+                    "API's /metrics is scraped); a tagging message carries one event or an envelope of up "
+                    "to TAGGER_EVENTS_PER_MESSAGE.", ["queue"])
 broker_up = Gauge("tagger_broker_up", "1 when the last /metrics scrape read the queue depths from the "
                   "broker, 0 when it could not (then there is no tagger_queue_depth series).")
 batch_size = Histogram("tagger_batch_size", "Deliveries per tagging batch.",

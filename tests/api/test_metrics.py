@@ -79,13 +79,14 @@ def test_queue_depth_is_what_ingest_queued(client: TestClient, tokens: dict[str,
     producer([1, 2, 3])
     producer([4, 5])
     samples = _scrape(client, tokens["admin"])
-    assert broker.llen(QUEUE) == 5  # the truth, straight from Redis
-    assert _depth(samples, QUEUE) == 5
+    # Messages, not events: each request's events went out as one envelope (TAGGER_EVENTS_PER_MESSAGE).
+    assert broker.llen(QUEUE) == 2  # the truth, straight from Redis
+    assert _depth(samples, QUEUE) == 2
     assert _depth(samples, "training") == 0  # the training queue is configured by default: reported too
     assert samples[("tagger_broker_up", ())] == 1
 
     broker.rpop(QUEUE)  # a worker took one: the next scrape reads the new depth, nothing cached
-    assert _depth(_scrape(client, tokens["reader"]), QUEUE) == 4
+    assert _depth(_scrape(client, tokens["reader"]), QUEUE) == 1
 
 
 def test_queue_depth_sums_kombu_priority_lists(client: TestClient, tokens: dict[str, str],

@@ -42,7 +42,7 @@ class Req:
 
 def pair(occurred_at: datetime | None = None) -> tuple[Any, TaggingResult]:
     ev = event(title=TITLE, image_uri="s3://bucket/private-photo.jpg")
-    d = decode(Req({"event": ev}), 3)
+    (d,) = decode(Req({"event": ev}), 3)
     assert d.event is not None, d.reason
     r = TaggingResult(
         event_id=d.event.event_id, product_id=d.event.product_id, seller_id="s1", title=TITLE,
