@@ -195,9 +195,10 @@ def tune_tail(
                 loss.backward()
                 opt.step()
                 sched.step()
-                total, n = total + float(loss) * len(idx), n + len(idx)
+                step_loss = loss.item()  # a plain number: no autograd warning, one device sync
+                total, n = total + step_loss * len(idx), n + len(idx)
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{step_loss:.3f}")
             log["loss"].append(round(total / max(n, 1), 4))
     for p in tail.parameters():
         p.requires_grad_(False)
