@@ -23,3 +23,9 @@ class ApiSettings(BaseSettings):
         "database again; also the longest time a revoked key keeps working. 0: every request asks.",
     )
     key_cache_size: int = Field(1024, ge=1, description="Most verified keys an API process caches.")
+    ingest_rounds: int = Field(
+        1, ge=0, le=16, description="Outbox rounds (record and commit, publish, mark) one API process "
+        "runs at once for POST /v1/events; requests arriving meanwhile share the next one (group "
+        "commit). 0: each request its own round. More rounds in flight make smaller rounds: 2 was "
+        "slower than 1 at every load measured (docs/BENCHMARKS.md).",
+    )

@@ -5,10 +5,10 @@ costs latency, never events (the answer says ``queued: false`` and the sweeper s
 
 Group commit: concurrent requests share one outbox round (one INSERT and commit, one Redis pipeline,
 one mark) instead of one each. A request's events join the next round; at most
-:data:`ROUNDS_IN_FLIGHT` rounds run at once, so requests that arrive while they run wait for the next
-(no timer: an idle API sends a lone request at once). Every request of a round gets the round's
-answer; a round the database refuses for a reason other than being unreachable is retried request
-by request, so one request's bad data fails only that request.
+``TAGGER_API_INGEST_ROUNDS`` rounds (default 1) run at once, so requests that arrive while they run
+wait for the next (no timer: an idle API sends a lone request at once). Every request of a round
+gets the round's answer; a round the database refuses for a reason other than being unreachable is
+retried request by request, so one request's bad data fails only that request.
 """
 
 from __future__ import annotations
@@ -112,11 +112,6 @@ def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
     return True
 
 
-#: Outbox rounds (record, publish, mark) running at once per API process; 0: no group commit, each
-#: request its own round (a module switch so that bench/ingest.py can measure both in one run).
-ROUNDS_IN_FLIGHT = 2
-
-
 @dataclass
 class _Waiting:
     events: list[ProductUploaded]
@@ -130,7 +125,7 @@ class GroupCommit:
 
     send: Any  # (events) -> bool: _record_and_enqueue bound to the app's state
     max_events: int  # events per round at most (a request is never split)
-    in_flight: int = ROUNDS_IN_FLIGHT
+    in_flight: int = 1  # rounds at once (TAGGER_API_INGEST_ROUNDS)
     _waiting: list[_Waiting] = field(default_factory=list)
     _running: int = 0
 
@@ -200,7 +195,7 @@ def _group_commit(request: Request, state: AppState) -> GroupCommit:
     if group is None:
         group = app_state.ingest_group_commit = GroupCommit(
             send=lambda events: _record_and_enqueue(state, events), max_events=max(1, state.api.max_batch),
-            in_flight=ROUNDS_IN_FLIGHT)
+            in_flight=state.api.ingest_rounds)
     return group
 
 
@@ -238,7 +233,7 @@ async def post_events(
     events, rejected = _validate(items, state.settings)
     if not events:
         queued = False
-    elif ROUNDS_IN_FLIGHT > 0:
+    elif state.api.ingest_rounds > 0:
         queued = await _group_commit(request, state).submit(events)
     else:
         queued = await run_in_threadpool(_record_and_enqueue, state, events)

@@ -1,7 +1,7 @@
 """Run a module (uvicorn) with the ingest path switched back to what it was before issue 13's
 producer work, for before/after numbers on the same machine:
 
-  - no group commit: each request its own outbox round (``api.ingest.ROUNDS_IN_FLIGHT = 0``);
+  - no group commit: each request its own outbox round (``TAGGER_API_INGEST_ROUNDS=0``);
   - the enqueued marks committed durably (``shared.outbox.ASYNC_MARK = False``);
   - the outbox rows as an executemany and IN lists (``shared.db.sql.SET_BASED = False``);
   - every message through Celery's ``send_task`` (as when publish signals are connected).
@@ -14,17 +14,17 @@ are module attributes of this process.
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 
 
 def switch_back() -> None:
-    import api.ingest
     import shared.db.sql
     import shared.outbox
     from shared.publish import Publisher
 
-    api.ingest.ROUNDS_IN_FLIGHT = 0
+    os.environ["TAGGER_API_INGEST_ROUNDS"] = "0"  # read when the app is created, after this
     shared.outbox.ASYNC_MARK = False
     shared.db.sql.SET_BASED = False
     Publisher._signals_connected = staticmethod(lambda: True)  # type: ignore[method-assign]

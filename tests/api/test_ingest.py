@@ -38,6 +38,27 @@ def test_single_event(client: TestClient, auth: dict[str, str], db_url: str, bro
     assert queued_event_ids(broker) == ["evt-1"]
 
 
+@pytest.mark.parametrize("rounds", [0, 2])
+def test_ingest_rounds_setting(app_settings, tokens: dict[str, str], db_url: str, broker: redis.Redis,
+                               rounds: int) -> None:
+    """TAGGER_API_INGEST_ROUNDS: 0 (each request its own outbox round) and more than the default
+    record and queue the same way; the app's group commit runs that many rounds at once."""
+    from api.app import create_app
+    from api.config import ApiSettings
+
+    api = ApiSettings(max_batch=LIMITS.max_batch, max_body_bytes=LIMITS.max_body_bytes, ingest_rounds=rounds)
+    with TestClient(create_app(app_settings, api)) as client:
+        for n in range(3):
+            response = client.post("/v1/events", json=event(n),
+                                   headers={"Authorization": f"Bearer {tokens['producer']}"})
+            assert response.status_code == 202 and response.json()["queued"] is True, response.text
+        group = getattr(client.app.state, "ingest_group_commit", None)
+        assert (group is None) if rounds == 0 else (group.in_flight == rounds)
+    assert set(rows(db_url)) == {"evt-0", "evt-1", "evt-2"}
+    assert sorted(queued_event_ids(broker)) == ["evt-0", "evt-1", "evt-2"]
+    assert ApiSettings().ingest_rounds == 1
+
+
 def test_batch(client: TestClient, auth: dict[str, str], db_url: str, broker: redis.Redis,
                monkeypatch: pytest.MonkeyPatch) -> None:
     spy = PipelineSpy(monkeypatch)
