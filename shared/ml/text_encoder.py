@@ -205,11 +205,13 @@ class TextEncoder:
         """One padded batch. With windows, a batch holding a longer text is a batch of windows
         (each [CLS] piece... [SEP]) plus ``owner``, the text each window belongs to; a batch whose
         texts all fit one window is exactly what truncation gives."""
-        if self.windows > 1:
+        if self.windows > 1:  # one tokenizer call: the pieces build the batch either way
             pieces = self.tokenizer(list(texts), add_special_tokens=False, truncation=False,
                                     verbose=False)["input_ids"]
-            if any(len(p) > self.max_length - 2 for p in pieces):
-                return self._windows(pieces)
+            batch = self._windows(pieces)
+            if not any(len(p) > self.max_length - 2 for p in pieces):
+                del batch["owner"]  # one window per text: the very batch truncation gives
+            return batch
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
