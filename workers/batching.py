@@ -190,6 +190,10 @@ class ReliableBatches(Batches):
         timer = consumer.timer
         # Acks run on the consumer thread, as Celery's own do (Request.acknowledge defers to it).
         self._ack = lambda requests: consumer.call_soon(acknowledge_all, requests)
+        # So do task events: Celery's EventDispatcher buffers them in a list that a flush publishes
+        # and then clears without a lock against senders, so an event appended by a pool thread
+        # during another thread's flush was lost (Flower then showed a task finished, never started).
+        self._on_consumer = lambda fn, *args: consumer.call_soon(fn, *args)
 
         def on_message(*args: Any, **kwargs: Any) -> None:
             if self._buffer.empty():
@@ -218,6 +222,7 @@ class ReliableBatches(Batches):
         """Run the batch in the pool; ack after it returns, except what it could not hand off."""
         requests = list(requests)
         ack = getattr(self, "_ack", acknowledge_all)  # set by Strategy (a worker's consumer)
+        on_consumer = getattr(self, "_on_consumer", lambda fn, *args: fn(*args))
         early = [r for r in requests if not r.task.acks_late]
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
 
@@ -227,13 +232,13 @@ class ReliableBatches(Batches):
             started[0] = time()
             if early:
                 ack(early)
-            send_started(requests)
+            on_consumer(send_started, requests)
 
         def on_return(result: Any) -> None:
             keep = _keep_ids(result, requests)
             if keep:
                 log.warning("batch_requeued_unacked n=%d", len(keep))
-            send_outcomes(requests, result, time() - (started[0] or time()), keep)
+            on_consumer(send_outcomes, requests, result, time() - (started[0] or time()), keep)
             for req in requests:
                 if req.id in keep:
                     # Back to the queue now when the broker is up; when it is not, the message stays
