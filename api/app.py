@@ -36,8 +36,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     """Build the app; an unusable broker URL (memory://) fails here, at start-up, not per request."""
     settings = settings or get_settings()
     api_settings = api_settings or ApiSettings()
-    publisher = Publisher(settings.broker_url, settings.tagging_queue,
-                          events_per_message=settings.events_per_message)
+    publisher = Publisher.from_settings(settings)
     probe = Publisher(settings.broker_url, settings.tagging_queue,
                       connect_timeout_s=api_settings.readiness_timeout_s)
     state = AppState(settings=settings, api=api_settings, publisher=publisher, probe=probe)

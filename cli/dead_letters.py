@@ -212,8 +212,7 @@ def replay(
     filters = _filters(reason, since, until, product, event)
     settings = get_settings()
     report = store.ReplayReport(dry_run=dry_run)
-    publisher = None if dry_run else Publisher(settings.broker_url, settings.tagging_queue,
-                                               events_per_message=settings.events_per_message)
+    publisher = None if dry_run else Publisher.from_settings(settings)
     try:
         if publisher is not None:
             publisher.check()  # a bad broker fails here, before anything is changed

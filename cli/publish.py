@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cli.output import console, fail, out
 from shared.errors import TaggerError
 from shared.events import InputUnusable, ProductUploaded, Validated, read_events
-from shared.publish import BROKER_SETTING, BrokerUnavailable, OutboxUnavailable, Publisher
+from shared.publish import BROKER_SETTING, BrokerUnavailable, OutboxUnavailable, Publisher, whole_envelopes
 
 SHOWN_REJECTS = 20
 CHUNK = 200  # events per publish call: one Redis pipeline, and the bar still moves
@@ -38,7 +38,7 @@ def _send(publisher: Publisher, events: list[ProductUploaded]) -> int:
     (and, with the outbox, recorded). Returns how many events were sent (in envelopes of up to
     TAGGER_EVENTS_PER_MESSAGE per message)."""
     sent_events = 0
-    step = max(CHUNK, publisher.events_per_message)  # whole envelopes
+    step = whole_envelopes(CHUNK, publisher.events_per_message)
     with tqdm(total=len(events), desc="publishing", unit="event", disable=None) as bar:
         for i in range(0, len(events), step):
             chunk = events[i:i + step]

@@ -93,6 +93,12 @@ def recorded_events(payloads: Iterable[Mapping[str, Any]],
     return out
 
 
+def whole_envelopes(limit: int, per: int) -> int:
+    """The most events at most ``limit`` (but at least one envelope) that make whole envelopes of
+    ``per``: how a caller cuts a long list so no envelope is split across two calls or pipelines."""
+    return max(per, limit // per * per)
+
+
 class Publisher:
     """One minimal Celery client app and its connection pool, reused for every batch it sends.
 
@@ -235,7 +241,7 @@ class Publisher:
         direct = not self._signals_connected()
         send = self._send_direct if direct else self._send
         per = self.events_per_message
-        step = max(per, PIPELINE_EVENTS // per * per)  # whole envelopes per pipeline
+        step = whole_envelopes(PIPELINE_EVENTS, per)
         try:
             with self._app.producer_or_acquire() as producer:
                 if direct:

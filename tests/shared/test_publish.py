@@ -381,3 +381,11 @@ def test_publishing_never_imports_torch(broker: redis.Redis) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "published without torch" in proc.stdout
     assert queued_event_ids(broker) == {"evt-7"}
+
+
+def test_long_lists_are_cut_in_whole_envelopes() -> None:
+    from shared.publish import whole_envelopes
+
+    assert whole_envelopes(200, 50) == 200 and whole_envelopes(200, 30) == 180
+    assert whole_envelopes(200, 300) == 300  # one envelope, bigger than the limit, is never split
+    assert whole_envelopes(500, 1) == 500
