@@ -131,7 +131,7 @@ def prepare(
     blobs = load_blobs(manifest, records)  # warns when photos it names are missing
     kinds = {name: spec.kind for name, spec in manifest.axes.items()}
     vectors, feats = None, None
-    if near_duplicate_choice(cfg.near_duplicate_similarity, records, blobs)[0] > 0:
+    if any(blobs) and near_duplicate_choice(cfg.near_duplicate_similarity, records, blobs)[0] > 0:
         s = settings or get_settings()
         enc = ImageEncoder.from_settings(s)
         cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
