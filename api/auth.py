@@ -15,12 +15,13 @@ once, and random tokens cannot grow memory).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import Forbidden, Unauthorized
 from api.state import get_state
@@ -64,14 +65,14 @@ def _lookup(database_url: str) -> Callable[[str], Principal | None]:
     return load
 
 
-def require(*roles: str) -> Callable[..., Principal]:
+def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits keys with one of ``roles`` (or admin) and returns the caller."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; roles are {ROLES}")
     allowed = frozenset(roles) | {"admin"}
 
-    def dependency(
+    async def dependency(
         request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         header: Annotated[str | None, Depends(_header)],
@@ -80,8 +81,12 @@ def require(*roles: str) -> Callable[..., Principal]:
         if not token:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <token>' "
                                "or 'X-API-Key: <token>'")
-        principal = key_cache(request.app).get(
-            token.strip(), _lookup(get_state(request).settings.database_url))
+        # A cached key answers on the event loop; only a miss takes a thread (a database round trip).
+        cache, token = key_cache(request.app), token.strip()
+        principal = cache.cached(token)
+        if principal is None:
+            principal = await run_in_threadpool(
+                cache.get, token, _lookup(get_state(request).settings.database_url))
         if principal is None:
             raise Unauthorized("invalid or revoked API key")
         if principal.role not in allowed:

@@ -29,3 +29,9 @@ class ApiSettings(BaseSettings):
         "commit). 0: each request its own round. More rounds in flight make smaller rounds: 2 was "
         "slower than 1 at every load measured (docs/BENCHMARKS.md).",
     )
+    ingest_defer_marks: bool = Field(
+        True, description="With group commit, answer a round once its events are recorded and "
+        "published, and write their 'enqueued' marks with the next round's records (or as soon as "
+        "the API is idle) instead of in a third round trip before the answer. A mark not yet "
+        "written only means the sweeper may send that event once more (the worker de-duplicates).",
+    )

@@ -22,8 +22,9 @@ from api.state import get_state
 from shared.events import JsonRefused, parse_json, plain_id
 
 
-def plain_parameters(request: Request) -> None:
-    """Refuse control characters (NUL included) in any path or query parameter, naming it."""
+async def plain_parameters(request: Request) -> None:
+    """Refuse control characters (NUL included) in any path or query parameter, naming it.
+    Async because it never blocks: a sync dependency costs every request a thread-pool hop."""
     params = [*request.path_params.items(), *request.query_params.multi_items()]
     for name, value in params:
         try:

@@ -4,9 +4,12 @@ The order is the guarantee: rows are committed before anything is published, so 
 costs latency, never events (the answer says ``queued: false`` and the sweeper sends them later).
 
 Group commit: concurrent requests share one outbox round (one INSERT and commit, one Redis pipeline,
-one mark) instead of one each. A request's events join the next round; at most
-``TAGGER_API_INGEST_ROUNDS`` rounds (default 1) run at once, so requests that arrive while they run
-wait for the next (no timer: an idle API sends a lone request at once). Every request of a round
+one mark) instead of one each. The round answers once its events are recorded and published; their
+'enqueued' marks ride in the next round's transaction, or a transaction of their own once the API
+is idle (``TAGGER_API_INGEST_DEFER_MARKS``, :class:`shared.outbox.DeferredMarks`). A request's
+events join the next round; at most ``TAGGER_API_INGEST_ROUNDS`` rounds (default 1) run at once,
+so requests that arrive while they run wait for the next (no timer: an idle API sends a lone
+request at once). Every request of a round
 gets the round's answer; a round the database refuses for a reason other than being unreachable is
 retried request by request, so one request's bad data fails only that request.
 """
@@ -33,7 +36,7 @@ from api.state import AppState, get_state
 from shared.config import Settings
 from shared.events import JsonRefused, ProductUploaded, format_errors, parse_json
 from shared.metrics import count_ingest
-from shared.outbox import record_and_send
+from shared.outbox import DeferredMarks, record_and_send
 from shared.publish import BrokerUnavailable, recorded_events
 
 log = logging.getLogger("tagger.api.ingest")
@@ -96,12 +99,13 @@ def _validate(items: list[Any], settings: Settings) -> tuple[list[ProductUploade
     return list(accepted.values()), rejected
 
 
-def _record_and_enqueue(state: AppState, events: list[ProductUploaded]) -> bool:
+def _record_and_enqueue(state: AppState, events: list[ProductUploaded], defer_marks: bool = False) -> bool:
     """Commit the rows, then publish (the outbox, :mod:`shared.outbox`); True when every event that
-    needs sending reached the broker."""
+    needs sending reached the broker. ``defer_marks``: leave the marks to ``state.marks``."""
     try:
         record_and_send(state.settings.database_url, events,
-                        lambda payloads: state.publisher.publish(recorded_events(payloads, events)))
+                        lambda payloads: state.publisher.publish(recorded_events(payloads, events)),
+                        state.marks if defer_marks else None)
     except BrokerUnavailable as exc:
         # Recorded and committed, and none marked enqueued: some may have reached the queue (a failed
         # pipeline cannot say which), so the sweeper re-sends them all once the broker is back; the
@@ -126,8 +130,11 @@ class GroupCommit:
     send: Any  # (events) -> bool: _record_and_enqueue bound to the app's state
     max_events: int  # events per round at most (a request is never split)
     in_flight: int = 1  # rounds at once (TAGGER_API_INGEST_ROUNDS)
+    marks: DeferredMarks | None = None  # the rounds' deferred marks, flushed when idle
+    flush: Any = None  # () -> int: writes ``marks`` (DeferredMarks.flush bound to the database)
     _waiting: list[_Waiting] = field(default_factory=list)
     _running: int = 0
+    _flushing: bool = False
 
     async def submit(self, events: list[ProductUploaded]) -> bool:
         waiting = _Waiting(events, asyncio.get_running_loop().create_future())
@@ -179,6 +186,24 @@ class GroupCommit:
         finally:
             self._running -= 1
             self._start_rounds()
+            self._flush_when_idle()
+
+    def _flush_when_idle(self) -> None:
+        """Idle, with marks pending: write them now (a busy API writes them with its next round)."""
+        if self._running or self._waiting or self._flushing or not self.marks:
+            return
+        self._flushing = True
+        asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            await run_in_threadpool(self.flush)
+        except Exception as exc:  # noqa: BLE001  (they stay pending; the next round writes them)
+            log.warning("enqueued_marks_not_written n=%d error=%s", len(self.marks or ()), exc)
+            return
+        finally:
+            self._flushing = False
+        self._flush_when_idle()  # rounds that ended meanwhile left theirs
 
 
 def _unique(events: list[ProductUploaded]) -> list[ProductUploaded]:
@@ -193,9 +218,12 @@ def _group_commit(request: Request, state: AppState) -> GroupCommit:
     app_state = request.app.state
     group = getattr(app_state, "ingest_group_commit", None)
     if group is None:
+        defer = state.api.ingest_defer_marks
         group = app_state.ingest_group_commit = GroupCommit(
-            send=lambda events: _record_and_enqueue(state, events), max_events=max(1, state.api.max_batch),
-            in_flight=state.api.ingest_rounds)
+            send=lambda events: _record_and_enqueue(state, events, defer),
+            max_events=max(1, state.api.max_batch), in_flight=state.api.ingest_rounds,
+            marks=state.marks if defer else None,
+            flush=lambda: state.marks.flush(state.settings.database_url))
     return group
 
 

@@ -101,7 +101,7 @@ class KeyCache(Generic[V]):
     - A revoked or deleted key keeps working in this process until its entry is ``ttl_s`` old: the
       TTL is the longest revocation delay. ``ttl_s = 0`` turns the cache off.
 
-    Thread-safe (sync FastAPI dependencies run on a thread pool). ``clock`` is ``time.monotonic``."""
+    Thread-safe (a miss is loaded on the thread pool). ``clock`` is ``time.monotonic``."""
 
     def __init__(self, ttl_s: float, max_entries: int = 1024,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -118,15 +118,23 @@ class KeyCache(Generic[V]):
             self._entries.expire()
             return len(self._entries)
 
+    def cached(self, token: str) -> V | None:
+        """The cached value of ``token`` while fresh, else None; never loads (so never blocks: an
+        async caller asks this first and takes a thread only for :meth:`get`)."""
+        if self.ttl_s == 0:
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            return self._entries.get(digest)  # None once expired (TTLCache drops it)
+
     def get(self, token: str, load: Callable[[str], V | None]) -> V | None:
         """The cached value of ``token`` while fresh, else ``load(token)`` (kept only if not None)."""
         if self.ttl_s == 0:
             return load(token)
-        digest = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            value = self._entries.get(digest)  # None once expired (TTLCache drops it)
+        value = self.cached(token)
         if value is not None:
             return value
+        digest = hashlib.sha256(token.encode()).digest()
         value = load(token)  # outside the lock: one slow database call must not stall every request
         if value is not None:
             with self._lock:

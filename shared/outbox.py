@@ -14,6 +14,11 @@ contract, the same for the API, ``tagger publish`` and the Python ``Publisher``:
 3. mark enqueued and commit: a crash before this is the same as 2 (the sweeper re-sends; the worker
    de-duplicates by ``event_id``).
 
+A busy caller may defer step 3 (:class:`DeferredMarks`): the marks are then written in the same
+transaction as its next step 1, or by :meth:`DeferredMarks.flush` when it goes idle, so its answer
+does not wait for a third round trip. Deferring changes nothing of the above: until its mark is
+written, a row is case 3.
+
 Step 3 commits without waiting for its WAL flush on Postgres (``synchronous_commit = off`` for that
 transaction only, :data:`ASYNC_MARK`): a mark lost to a database crash is case 3 again, a harmless
 re-send; steps 1 and the workers' outcomes keep the server's durable commits. One fsync per call
@@ -26,7 +31,8 @@ with ``enqueued_at`` set; the sweeper re-sends it once that is older than its ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -49,20 +55,73 @@ def _mark_sent(session: Session, event_ids: list[str]) -> None:
     mark_enqueued(session, event_ids, utcnow())
 
 
+class DeferredMarks:
+    """Event ids sent but not yet marked enqueued, kept for the caller's next record transaction
+    (step 3 deferred; see the module docstring). Thread-safe: an API process's rounds run on a
+    thread pool. Losing them (a crash) costs a re-send by the sweeper, never an event."""
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
+
+    def add(self, event_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._ids.extend(event_ids)
+
+    def take(self) -> list[str]:
+        """Every pending id, now the caller's to write (or to :meth:`add` back if it cannot)."""
+        with self._lock:
+            ids, self._ids = self._ids, []
+        return ids
+
+    def flush(self, database_url: str) -> int:
+        """Write the pending marks in a transaction of their own; how many. On failure they stay
+        pending (the next record transaction or flush tries again) and the error propagates."""
+        ids = self.take()
+        if not ids:
+            return 0
+        try:
+            with session_scope(database_url) as session:
+                _mark_sent(session, ids)
+        except BaseException:
+            self.add(ids)
+            raise
+        return len(ids)
+
+
 def record_and_send(database_url: str, events: Sequence[ProductUploaded],
-                    send: Callable[[list[dict[str, Any]]], T]) -> T | None:
+                    send: Callable[[list[dict[str, Any]]], T],
+                    marks: DeferredMarks | None = None) -> T | None:
     """Record ``events`` (a known event_id keeps its row), commit, ``send`` the stored payloads that
     need sending, then mark them enqueued. Returns what ``send`` returned, or None when nothing
     needed sending (every event already known and past 'received').
 
+    With ``marks``, step 3 is deferred: the sent ids join ``marks``, and the marks pending there
+    are written in this call's record transaction (they go back to ``marks`` if it fails).
+
     Exceptions propagate: from the record step (nothing recorded, nothing sent), from ``send`` (the
     rows are committed; the sweeper sends them), from the mark step (sent; the sweeper will send
     them once more, a harmless duplicate)."""
-    with session_scope(database_url) as session:
-        to_send = record_events(session, events, utcnow())
+    earlier = marks.take() if marks is not None else []
+    try:
+        with session_scope(database_url) as session:
+            to_send = record_events(session, events, utcnow())
+            mark_enqueued(session, earlier, utcnow())  # a durable commit: step 1's
+    except BaseException:
+        if marks is not None:
+            marks.add(earlier)
+        raise
     if not to_send:
         return None
     result = send(to_send)
+    sent = [p["event_id"] for p in to_send]
+    if marks is not None:
+        marks.add(sent)
+        return result
     with session_scope(database_url) as session:
-        _mark_sent(session, [p["event_id"] for p in to_send])
+        _mark_sent(session, sent)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -34,8 +35,46 @@ def test_single_event(client: TestClient, auth: dict[str, str], db_url: str, bro
     assert response.json() == {"accepted": ["evt-1"], "rejected": [], "queued": True}
     row = rows(db_url)["evt-1"]
     assert row["status"] == "received" and row["product_id"] == "sku-1"
-    assert row["payload"]["title"] == "Product 1" and row["enqueued_at"] is not None
+    assert row["payload"]["title"] == "Product 1"
     assert queued_event_ids(broker) == ["evt-1"]
+    assert marked_soon(db_url, {"evt-1"})  # deferred: written once the API is idle
+
+
+def marked_soon(db_url: str, event_ids: set[str], within_s: float = 5.0) -> bool:
+    """Every one of ``event_ids`` marked enqueued within ``within_s`` (deferred marks are written
+    after the answer, by the API on its own)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = rows(db_url)
+        if all(found[e]["enqueued_at"] is not None for e in event_ids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("defer", [True, False])
+def test_defer_marks_setting(app_settings, tokens: dict[str, str], db_url: str, broker: redis.Redis,
+                             defer: bool) -> None:
+    """TAGGER_API_INGEST_DEFER_MARKS: on (default), a round's marks are pending after its answer and
+    written by the next round's transaction or once idle; off, written before the answer."""
+    from api.app import create_app
+    from api.config import ApiSettings
+
+    assert ApiSettings().ingest_defer_marks is True
+    api = ApiSettings(max_batch=LIMITS.max_batch, max_body_bytes=LIMITS.max_body_bytes,
+                      ingest_defer_marks=defer)
+    app = create_app(app_settings, api)
+    with TestClient(app) as client:
+        for n in range(5):
+            response = client.post("/v1/events", json=[event(n), event(n + 100)],
+                                   headers={"Authorization": f"Bearer {tokens['producer']}"})
+            assert response.status_code == 202 and response.json()["queued"] is True, response.text
+            if not defer:  # marked before the answer
+                assert rows(db_url)[f"evt-{n}"]["enqueued_at"] is not None
+        ids = {f"evt-{n}" for n in [*range(5), *range(100, 105)]}
+        assert marked_soon(db_url, ids)
+        assert len(app.state.tagger.marks) == 0
+    assert sorted(queued_event_ids(broker)) == sorted(ids)
 
 
 @pytest.mark.parametrize("rounds", [0, 2])

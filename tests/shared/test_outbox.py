@@ -147,3 +147,39 @@ def test_the_publisher_module_imports_no_database_until_an_outbox_publish() -> N
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert "light" in proc.stdout
+
+
+def test_deferred_marks_ride_in_the_next_record_transaction(database: str) -> None:
+    """record_and_send with DeferredMarks: the sent ids stay unmarked after the call, are written by
+    the next call's record transaction, go back to pending when that transaction fails, and
+    DeferredMarks.flush writes them on their own."""
+    from sqlalchemy.exc import OperationalError
+
+    from shared.events import ProductUploaded
+    from shared.outbox import DeferredMarks, record_and_send
+
+    marks, sent = DeferredMarks(), []
+
+    def send(payloads: list[dict[str, Any]]) -> int:
+        sent.extend(p["event_id"] for p in payloads)
+        return len(payloads)
+
+    def one(n: int) -> list[ProductUploaded]:
+        return [ProductUploaded.model_validate(event(n))]
+
+    assert record_and_send(database, one(1), send, marks) == 1
+    assert rows(database)["evt-1"]["enqueued_at"] is None and len(marks) == 1
+    record_and_send(database, one(2), send, marks)
+    found = rows(database)
+    assert found["evt-1"]["enqueued_at"] is not None and found["evt-2"]["enqueued_at"] is None
+    with pytest.raises(OperationalError):  # the database refuses: evt-2's mark stays pending
+        record_and_send(DEAD_DB, one(3), send, marks)
+    assert len(marks) == 1 and sent == ["evt-1", "evt-2"]
+    with pytest.raises(OperationalError):
+        marks.flush(DEAD_DB)
+    assert len(marks) == 1
+    assert marks.flush(database) == 1 and len(marks) == 0 and marks.flush(database) == 0
+    assert rows(database)["evt-2"]["enqueued_at"] is not None
+    record_and_send(database, one(4), send)  # without DeferredMarks: marked before it returns
+    assert rows(database)["evt-4"]["enqueued_at"] is not None
+
