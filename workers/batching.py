@@ -55,6 +55,7 @@ from celery_batches.trace import apply_batches_task
 from shared.metrics import count_outcomes
 from shared.tasks import MAX_EVENTS_PER_MESSAGE
 from workers.acks import acknowledge_all
+from workers.prefetch import EventWindow, channel_qos
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,20 @@ def _not_active(*_args: Any) -> None:
 
 class _EventfulBuffer(Queue):
     """The batch buffer: a request put in it is announced (``task-received``); ``events`` counts the
-    events its requests carry (put and drained on the consumer thread only)."""
+    events its requests carry (put and drained on the consumer thread only), and ``window`` learns
+    them (prefetch counted in events, :mod:`workers.prefetch`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: EventWindow | None = None) -> None:
         super().__init__()
         self.events = 0
+        self.window = window
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self.events += events_in(item)
+        n = events_in(item)
+        self.events += n
+        if self.window is not None:
+            self.window.taken(item, n)
         send_received(item)
 
     def drained(self) -> None:
@@ -183,7 +189,11 @@ class ReliableBatches(Batches):
                 stale += 1
         if stale:
             log.warning("batch_buffer_dropped n=%d reason=consumer_restart", stale)
-        self._buffer = _EventfulBuffer()  # announces each request it buffers (task-received)
+        # Prefetch in events too (workers.prefetch): the message limit's intent, 2 x batch_size events
+        # per thread, whatever the envelopes' size; never fewer messages than one per thread + one.
+        threads = max(1, int(getattr(consumer.pool, "num_processes", 1) or 1))
+        window = EventWindow(max(1, consumer.prefetch_multiplier * threads), threads + 1)
+        self._buffer = _EventfulBuffer(window)  # announces each request it buffers (task-received)
         self._count = count(1)
         self._first_at: float | None = None  # when the oldest request now buffered arrived
         handler = super().Strategy(task, app, consumer)
@@ -201,6 +211,9 @@ class ReliableBatches(Batches):
             if self._tref is None:  # armed here so that it ticks twice per interval (upstream: once)
                 self._tref = timer.call_repeatedly(self.flush_interval / 2, self._do_flush)
             handler(*args, **kwargs)  # buffers it; upstream flushes at its flush_every-th MESSAGE
+            qos = channel_qos(consumer)
+            if qos is not None:
+                window.install(qos)  # once per channel (a reconnect brings a new one)
             if self._buffer.events >= self.flush_every:  # here: once flush_every EVENTS are buffered
                 self._do_flush()
 

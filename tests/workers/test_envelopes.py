@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -134,3 +135,28 @@ def test_a_poison_event_of_an_envelope_is_dead_lettered_alone_and_old_messages_s
     lines = re.findall(r"batch_tagged n=(\d+) dead_lettered=(\d+).* messages=(\d+)", main_stack.worker.log())
     seen = [(int(n), int(d), int(m)) for n, d, m in lines[before:]]
     assert sum(n for n, _, _ in seen) >= 7 and sum(d for _, d, _ in seen) >= 2, seen
+
+
+def test_prefetch_counts_events_so_a_worker_holds_a_few_envelopes_not_its_message_limit(
+    main_stack: Stack, raw_app: Celery,
+) -> None:
+    """kombu's prefetch is 2 x batch_size MESSAGES per thread (16 here: batch 8, one thread). With
+    envelopes of 10 events the worker must hold only what 16 events need (workers.prefetch): two
+    envelopes, one in its batch and one buffered, not all eight published."""
+    wait_for(lambda: main_stack.redis.backlog() == (0, 0), 30, "a quiet queue")
+    marker = uuid.uuid4().hex[:6]
+    envelopes = [[event(title=f"Roadster Men Blue Jeans {marker} {k}.{i}") for i in range(10)]
+                 for k in range(8)]
+    for events in envelopes:
+        raw_app.send_task("tagger.tag_product", queue="tagging", kwargs={"events": events})
+    peak, deadline = 0, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        waiting, held = main_stack.redis.backlog()
+        peak = max(peak, held)
+        if (waiting, held) == (0, 0):
+            break
+        time.sleep(0.005)
+    rows = main_stack.db.wait_events([e["event_id"] for evs in envelopes for e in evs], 60)
+    assert {r["status"] for r in rows.values()} == {"tagged"} and len(rows) == 80
+    assert 1 <= peak <= 2, f"the worker held {peak} envelopes of 10 events at once"
+
