@@ -160,3 +160,37 @@ def test_prefetch_counts_events_so_a_worker_holds_a_few_envelopes_not_its_messag
     assert {r["status"] for r in rows.values()} == {"tagged"} and len(rows) == 80
     assert 1 <= peak <= 2, f"the worker held {peak} envelopes of 10 events at once"
 
+
+
+def test_the_event_window_counts_held_events_skips_eta_requests_and_follows_kombus_acks() -> None:
+    """workers.prefetch.EventWindow on kombu's own virtual-transport QoS (the Redis channel's base):
+    room while under the events limit or under the message floor; a request with an ETA counts as
+    no event; an acked tag no longer counts; installing twice never stacks the wrapper."""
+    from kombu.transport.virtual import QoS
+
+    from workers.prefetch import EventWindow
+
+    qos = QoS(channel=SimpleNamespace(do_restore=False), prefetch_count=100)  # nothing to restore
+    window = EventWindow(max_events=30, min_messages=2)
+    window.install(qos)
+    window.install(qos)
+
+    def deliver(tag: int, events: int, eta: str | None = None) -> None:
+        qos.append(SimpleNamespace(), tag)  # what kombu does when a message arrives
+        window.taken(SimpleNamespace(message=SimpleNamespace(delivery_tag=tag), eta=eta), events)
+
+    assert qos.can_consume()
+    deliver(1, 50)  # one envelope over the limit: still room, under the message floor
+    assert qos.can_consume() and window.held(qos) == (1, 50)
+    deliver(2, 50)
+    assert not qos.can_consume()  # two messages, 100 events
+    deliver(3, 10, eta="2030-01-01T00:00:00")  # a retry waiting for its countdown: no event
+    assert window.held(qos) == (2, 100)
+    qos.ack(1)
+    assert window.held(qos) == (1, 50) and qos.can_consume()
+    qos.ack(2)
+    deliver(4, 5)
+    deliver(5, 5)
+    assert window.held(qos) == (2, 10) and qos.can_consume()  # under 30 events: more may come
+    qos.prefetch_count = 3  # kombu's own message limit still applies
+    assert not qos.can_consume()
