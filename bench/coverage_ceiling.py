@@ -13,8 +13,13 @@ record's targets) and prints, per single-label axis of the validation part:
 - ``rare``: the share of validation items whose true value had fewer than 149 calibration
   predictions (the fewest that can reach a .98 bound at 95%): out of reach of any per-value bound.
 
+With ``--rankings``, a second table re-cuts every value by the same lower-bound rule on the
+cross-fitted scores, ranking a value's predictions by the top probability (the rule as trained,
+without the served-head check), by the margin between the top two, or by top x margin: within one
+value only the order matters, so only another order could add coverage (docs/MODEL.md: it did not).
+
 Not a test. Usage: python -m bench.coverage_ceiling runs/catalogues/fashion-small-scores.npz \\
-    [--model runs/catalogues/fashion-small] [--target 0.98]
+    [--model runs/catalogues/fashion-small] [--target 0.98] [--rankings]
 """
 
 from __future__ import annotations
@@ -25,7 +30,30 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.ml.calibration import NEVER
+from shared.ml.calibration import NEVER, softmax, value_threshold
+
+RANKINGS = ("top", "margin", "top*margin")
+
+
+def ranking(probs: np.ndarray, kind: str) -> np.ndarray:
+    """What orders one value's predictions: the top probability, the margin to the second, or both."""
+    s = np.sort(probs, axis=1)
+    top, margin = s[:, -1], s[:, -1] - s[:, -2]
+    return {"top": top, "margin": margin, "top*margin": top * margin}[kind]
+
+
+def recut_coverage(cal_probs: np.ndarray, cal_y: np.ndarray, val_probs: np.ndarray, val_y: np.ndarray,
+                   kind: str, target: float) -> tuple[float, float]:
+    """Validation coverage and precision of per-value cuts fitted on the cross-fitted scores by the
+    lower-bound rule (shared.ml.calibration.value_threshold), each value ranked by ``kind``."""
+    tc, sc, rc = cal_probs.argmax(1), ranking(cal_probs, kind), cal_probs.argmax(1) == cal_y
+    tv, sv, rv = val_probs.argmax(1), ranking(val_probs, kind), val_probs.argmax(1) == val_y
+    covered = np.zeros(len(tv), dtype=bool)
+    for k in range(cal_probs.shape[1]):
+        cut, _ = value_threshold(sc[tc == k], rc[tc == k], target)
+        if cut < NEVER:
+            covered |= (tv == k) & (sv >= cut)
+    return covered.mean(), (rv[covered].mean() if covered.any() else float("nan"))
 
 
 def oracle_coverage(probs: np.ndarray, y: np.ndarray, target: float) -> tuple[float, float]:
@@ -49,6 +77,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None,
                     help="the model folder (default: the scores file's name without -scores.npz)")
     ap.add_argument("--target", type=float, default=0.98)
+    ap.add_argument("--rankings", action="store_true",
+                    help="also re-cut each value on the cross-fitted scores by other rankings")
     args = ap.parse_args()
     model = args.model or args.scores.with_name(args.scores.name.replace("-scores.npz", ""))
     manifest = json.loads((model / "manifest.json").read_text())
@@ -73,6 +103,19 @@ def main() -> None:
         rp = right[auto].mean() if auto.any() else float("nan")
         print(f"| {name} | {len(values)} | {right.mean():.3f} | {auto.mean():.3f} / {rp:.3f} | "
               f"{oc:.3f} / {op:.3f} | {rare:.3f} |")
+    if not args.rankings:
+        return
+    cal, temps = z["calibration_idx"], dict(zip(manifest["axes"], z["temperatures"], strict=True))
+    print("\n| axis | " + " | ".join(f"{k}: coverage / precision" for k in RANKINGS) + " |")
+    print("|---|" + "---|" * len(RANKINGS))
+    for name, spec in manifest["axes"].items():
+        if spec.get("kind", "single") != "single":
+            continue
+        yc, yv = z[f"y:{name}"][cal], z[f"y:{name}"][val]
+        pc, pv = softmax(z[f"cal_logits:{name}"], float(temps[name])), z[f"val_probs:{name}"]
+        cells = [recut_coverage(pc[yc >= 0], yc[yc >= 0], pv[yv >= 0], yv[yv >= 0], k, args.target)
+                 for k in RANKINGS]
+        print(f"| {name} | " + " | ".join(f"{c:.3f} / {p:.4f}" for c, p in cells) + " |")
 
 
 if __name__ == "__main__":
