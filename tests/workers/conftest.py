@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 from sqlalchemy.pool import NullPool
 
 from shared.db.migrate import upgrade
@@ -181,3 +182,13 @@ def main_stack(make_redis: Callable, make_db: Callable, worker_env: Callable, st
     with Publisher(redis.url) as publisher:
         yield Stack(redis, db, worker, publisher)
     db.close()
+
+
+@pytest.fixture
+def raw_app(main_stack: Stack) -> Iterator[Celery]:
+    """A bare Celery client of the main stack's broker: sends what the validating Publisher would
+    refuse to (malformed events, hand-built envelopes)."""
+    app = Celery("raw-producer", broker=main_stack.redis.url, set_as_current=False)
+    app.conf.update(task_serializer="json", broker_connection_retry_on_startup=False)
+    yield app
+    app.close()

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 
-import pytest
 from celery import Celery
 
 from tests.workers.procs import wait_for
 from tests.workers.stack import BUCKET, S3, Images, Stack, event, png, wait_processed
-
-
-@pytest.fixture
-def raw_app(main_stack: Stack) -> Iterator[Celery]:
-    """A bare Celery client: sends what the validating Publisher would refuse to."""
-    app = Celery("raw-producer", broker=main_stack.redis.url, set_as_current=False)
-    app.conf.update(task_serializer="json", broker_connection_retry_on_startup=False)
-    yield app
-    app.close()
 
 
 def send(app: Celery, **kwargs: object) -> None:

@@ -9,11 +9,9 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from celery import Celery
 
 from shared.config import Settings
@@ -91,14 +89,6 @@ def test_the_model_runs_in_pieces_of_at_most_batch_size_events() -> None:
 
 
 # --- a real worker --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def raw_app(main_stack: Stack) -> Iterator[Celery]:
-    app = Celery("raw-envelopes", broker=main_stack.redis.url, set_as_current=False)
-    app.conf.update(task_serializer="json", broker_connection_retry_on_startup=False)
-    yield app
-    app.close()
 
 
 def test_a_poison_event_of_an_envelope_is_dead_lettered_alone_and_old_messages_still_work(
