@@ -123,7 +123,9 @@ class KeyCache(Generic[V]):
         async caller asks this first and takes a thread only for :meth:`get`)."""
         if self.ttl_s == 0:
             return None
-        digest = hashlib.sha256(token.encode()).digest()
+        return self._fresh(hashlib.sha256(token.encode()).digest())
+
+    def _fresh(self, digest: bytes) -> V | None:
         with self._lock:
             return self._entries.get(digest)  # None once expired (TTLCache drops it)
 
@@ -131,10 +133,10 @@ class KeyCache(Generic[V]):
         """The cached value of ``token`` while fresh, else ``load(token)`` (kept only if not None)."""
         if self.ttl_s == 0:
             return load(token)
-        value = self.cached(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        value = self._fresh(digest)
         if value is not None:
             return value
-        digest = hashlib.sha256(token.encode()).digest()
         value = load(token)  # outside the lock: one slow database call must not stall every request
         if value is not None:
             with self._lock:
