@@ -14,8 +14,11 @@ contract, the same for the API, ``tagger publish`` and the Python ``Publisher``:
 3. mark enqueued and commit: a crash before this is the same as 2 (the sweeper re-sends; the worker
    de-duplicates by ``event_id``).
 
-A busy caller may defer step 3 (:class:`DeferredMarks`): the marks are then written in the same
-transaction as its next step 1, or by :meth:`DeferredMarks.flush` when it goes idle, so its answer
+Step 1 is one statement committed on its own (autocommit): on Postgres the INSERT and, with
+deferred marks, the UPDATE of the earlier ones in a WITH clause, so one round trip and one commit.
+
+A busy caller may defer step 3 (:class:`DeferredMarks`): the marks are then written by the same
+statement as its next step 1, or by :meth:`DeferredMarks.flush` when it goes idle, so its answer
 does not wait for a third round trip. Deferring changes nothing of the above: until its mark is
 written, a row is case 3.
 
@@ -39,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.base import utcnow
 from shared.db.events import mark_enqueued, record_events
-from shared.db.session import session_scope
+from shared.db.session import autocommit_scope, session_scope
 from shared.events import ProductUploaded
 
 T = TypeVar("T")
@@ -108,9 +111,11 @@ def record_and_send(database_url: str, events: Sequence[ProductUploaded],
     them once more, a harmless duplicate)."""
     earlier = marks.take() if marks is not None else []
     try:
-        with session_scope(database_url) as session:
-            to_send = record_events(session, events, utcnow())
-            mark_enqueued(session, earlier, utcnow())  # a durable commit: step 1's
+        # One statement records the events and marks the earlier ones (Postgres; a durable commit,
+        # step 1's), committed on its own: one round trip. A known event still 'received' is read
+        # by a second statement, after it.
+        with autocommit_scope(database_url) as session:
+            to_send = record_events(session, events, utcnow(), mark=earlier)
     except BaseException:
         if marks is not None:
             marks.add(earlier)

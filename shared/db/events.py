@@ -37,13 +37,19 @@ _dead_letters = cast(sa.Table, DeadLetter.__table__)
 
 # --- received and queued (the API) ----------------------------------------------------------------
 
-def record_events(session: Session, events: Sequence[ProductUploaded], now: datetime) -> list[dict[str, Any]]:
+def record_events(session: Session, events: Sequence[ProductUploaded], now: datetime,
+                  mark: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Insert new events as 'received' (a known event_id keeps its one row); returns what to enqueue.
 
     To enqueue: every new event, plus known ones still 'received' (their first send may have
     failed), as the stored payload. Tagged, failed or dead events are not sent again.
+
+    ``mark``: ids sent earlier, marked enqueued at ``now`` (:func:`mark_enqueued`) by the same
+    statement on Postgres, so that on a session in autocommit (:func:`shared.db.session.autocommit_scope`)
+    recording and marking are one round trip and one commit.
     """
     if not events:
+        mark_enqueued(session, mark, now)
         return []
     rows = [{"event_id": e.event_id, "product_id": e.product_id, "status": "received", "attempts": 0,
              "payload": e.model_dump(mode="json"), "received_at": now}
@@ -54,8 +60,15 @@ def record_events(session: Session, events: Sequence[ProductUploaded], now: date
         # per batch size, which psycopg parses anew each time; an array per column quotes every
         # payload in Python: both measured in bench/publish.py).
         doc = json_rows_document(rows, _RECORDED)
-        inserted = set(session.execute(_record_statement(), {"json_rows": doc, "now": now}).scalars())
+        params = {"json_rows": doc, "now": now}
+        if mark and keys_as_array(session):
+            stmt, params["keys"] = _record_and_mark_statement(), sorted(mark)
+        else:
+            stmt = _record_statement()
+            mark_enqueued(session, mark, now)
+        inserted = set(session.execute(stmt, params).scalars())
     else:
+        mark_enqueued(session, mark, now)
         stmt = dialect_insert(session, _events).on_conflict_do_nothing(index_elements=[_events.c.event_id])
         inserted = set(session.execute(stmt.returning(_events.c.event_id), rows).scalars())
     out = [row["payload"] for row in rows if row["event_id"] in inserted]
@@ -80,6 +93,14 @@ def _record_statement() -> sa.Insert:
                        sa.bindparam("now", type_=_events.c.received_at.type))
     return (postgresql.insert(_events).from_select([*_RECORDED, "status", "attempts", "received_at"], select)
             .on_conflict_do_nothing(index_elements=[_events.c.event_id]).returning(_events.c.event_id))
+
+
+@functools.cache
+def _record_and_mark_statement() -> sa.Insert:
+    """:func:`_record_statement` with an UPDATE of the earlier ids (:keys) in a WITH clause: one
+    statement. Postgres runs a data-modifying WITH to completion even though nothing reads it, on
+    the statement's snapshot; the INSERT of a new id never touches a row the UPDATE marks."""
+    return _record_statement().add_cte(_mark_statement().returning(_events.c.event_id).cte("marked"))
 
 
 def _key_lists(session: Session, keys: Sequence[str]) -> Any:

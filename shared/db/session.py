@@ -124,6 +124,16 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def autocommit_scope(url: str | None = None) -> Iterator[Session]:
+    """A session whose every statement commits on its own (the connection in autocommit): one round
+    trip for a write that one statement says whole, where :func:`session_scope` adds a BEGIN and a
+    COMMIT. Only for callers whose statements are each a complete, consistent change."""
+    with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn, \
+            Session(bind=conn) as session:
+        yield session
+
+
 def dispose_engines(*, close: bool = True) -> None:
     """Forget every cached engine; in a forked child call with ``close=False`` (parent's sockets)."""
     with _lock:

@@ -183,3 +183,58 @@ def test_deferred_marks_ride_in_the_next_record_transaction(database: str) -> No
     record_and_send(database, one(4), send)  # without DeferredMarks: marked before it returns
     assert rows(database)["evt-4"]["enqueued_at"] is not None
 
+
+
+def test_recording_and_marking_earlier_events_is_one_statement(database: str) -> None:
+    """On Postgres a round with pending marks sends ONE statement (autocommit: no BEGIN, no COMMIT):
+    the events recorded and the earlier ids marked together. It is atomic: when the insert fails
+    (a trigger refuses one id), the earlier marks are not written either and stay pending. An event
+    sent again while its own mark is pending is recorded once, sent again and marked."""
+    from sqlalchemy import event as sa_event
+
+    from shared.events import ProductUploaded
+    from shared.outbox import DeferredMarks, record_and_send
+
+    marks, sent, statements = DeferredMarks(), [], []
+
+    def send(payloads: list[dict[str, Any]]) -> int:
+        sent.extend(p["event_id"] for p in payloads)
+        return len(payloads)
+
+    def one(n: int) -> list[ProductUploaded]:
+        return [ProductUploaded.model_validate(event(n))]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = get_engine(database)
+    record_and_send(database, one(1), send, marks)
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        record_and_send(database, one(2), send, marks)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == 1, statements
+    found = rows(database)
+    assert found["evt-1"]["enqueued_at"] is not None and found["evt-2"]["enqueued_at"] is None
+
+    with engine.begin() as connection:  # a real refusal from the server, for evt-3 only
+        connection.exec_driver_sql("""
+            CREATE FUNCTION refuse_evt3() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.event_id = 'evt-3' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+            RETURN NEW; END $$;
+            CREATE TRIGGER refuse_evt3 BEFORE INSERT ON tagging_events
+            FOR EACH ROW EXECUTE FUNCTION refuse_evt3()""")
+    try:
+        with pytest.raises(sa.exc.DBAPIError, match="refused for the test"):
+            record_and_send(database, one(3), send, marks)
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "DROP TRIGGER refuse_evt3 ON tagging_events; DROP FUNCTION refuse_evt3()")
+    assert rows(database)["evt-2"]["enqueued_at"] is None and "evt-3" not in rows(database)
+    assert len(marks) == 1  # evt-2's mark, back to pending
+
+    record_and_send(database, one(2), send, marks)  # evt-2 again, while its own mark is pending
+    assert sent == ["evt-1", "evt-2", "evt-2"]
+    assert rows(database)["evt-2"]["enqueued_at"] is not None and len(marks) == 1
