@@ -5,7 +5,9 @@ One home so the bound-parameter budget and the set of supported dialects are dec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -57,7 +59,7 @@ def set_based(session: Session, rows: Sequence[dict[str, Any]], key: Sequence[st
     ``key`` (ON CONFLICT DO UPDATE may touch a row once per statement)."""
     if not (SET_BASED and rows and session.get_bind().dialect.name == "postgresql"):
         return False
-    return len({tuple(row[k] for k in key) for row in rows}) == len(rows)
+    return len(set(map(itemgetter(*key), rows))) == len(rows)  # the keys, read in C
 
 
 _type_oids: dict[str, dict[str, int]] = {}  # table -> column -> type OID, read once per process
@@ -86,6 +88,12 @@ def copy_select(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
         copy.set_types([oids[name] for name in columns])
         for row in rows:
             copy.write_row([row.get(name) for name in columns])
+    return _staged_select(stage, tuple(columns))
+
+
+@functools.cache
+def _staged_select(stage: str, columns: tuple[str, ...]) -> sa.Select:
+    """SELECT the columns of a staging table: built once per shape (it is the same every batch)."""
     staged = sa.table(stage, *(sa.column(name) for name in columns))
     return sa.select(*(staged.c[name] for name in columns))
 

@@ -7,6 +7,7 @@ event rows are written through :mod:`shared.db.events`, the one writer of ``tagg
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from shared.db.base import utcnow
 from shared.db.events import upsert_events
 from shared.db.models import HUMAN_TAG_STATUSES, MODEL_TAG_STATUSES, REVIEW_REASONS, Product, ProductTag
-from shared.db.sql import chunks, copy_select, dialect_insert, set_based, unnest_select
+from shared.db.sql import chunks, copy_select, dialect_insert, keys_as_array, set_based, unnest_select
 
 _products = cast(sa.Table, Product.__table__)
 _tags = cast(sa.Table, ProductTag.__table__)
@@ -158,10 +159,13 @@ def _upsert_products(session: Session, results: Sequence[TaggingResult], now: da
 def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now: datetime) -> None:
     """Replace the products' model tags with the new ones; human rows are neither touched nor shadowed."""
     product_ids = sorted(r.product_id for r in results)
-    for chunk in chunks(product_ids):
-        session.execute(
-            sa.delete(_tags).where(_tags.c.product_id.in_(chunk), _tags.c.source == "model")
-        )
+    if keys_as_array(session):
+        session.execute(_delete_model_tags_statement(), {"keys": product_ids})
+    else:
+        for chunk in chunks(product_ids):
+            session.execute(
+                sa.delete(_tags).where(_tags.c.product_id.in_(chunk), _tags.c.source == "model")
+            )
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for result in results:
         for tag in cast(tuple[ModelTag, ...], result.tags):
@@ -178,11 +182,26 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
     # After the delete only human rows can conflict, and a human decision always wins.
     conflict = [_tags.c.product_id, _tags.c.axis, _tags.c.value]
     if set_based(session, ordered, ["product_id", "axis", "value"]):  # the batch's tags, one statement
-        columns = list(ordered[0])
-        stmt = postgresql.insert(_tags).from_select(columns, copy_select(session, _tags, ordered, columns))
-        session.execute(stmt.on_conflict_do_nothing(index_elements=conflict))
+        columns = tuple(ordered[0])
+        session.execute(_insert_staged_tags_statement(copy_select(session, _tags, ordered, columns), columns))
         return
     session.execute(dialect_insert(session, _tags).on_conflict_do_nothing(index_elements=conflict), ordered)
+
+
+@functools.cache
+def _delete_model_tags_statement() -> sa.Delete:
+    """Postgres: the model's tags of every product in :keys (one array), built once."""
+    keys = sa.bindparam("keys", type_=postgresql.ARRAY(sa.Text))
+    return sa.delete(_tags).where(_tags.c.product_id == sa.any_(keys), _tags.c.source == "model")
+
+
+@functools.cache
+def _insert_staged_tags_statement(staged: sa.Select, columns: tuple[str, ...]) -> sa.Insert:
+    """INSERT the staged tag rows, a human row winning any conflict: built once per staging SELECT
+    (:func:`shared.db.sql.copy_select` returns the same object for the same shape)."""
+    conflict = [_tags.c.product_id, _tags.c.axis, _tags.c.value]
+    return (postgresql.insert(_tags).from_select(list(columns), staged)
+            .on_conflict_do_nothing(index_elements=conflict))
 
 
 def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutcome:
