@@ -5,7 +5,7 @@ costs latency, never events (the answer says ``queued: false`` and the sweeper s
 
 Group commit: concurrent requests share one outbox round (one INSERT and commit, one Redis pipeline,
 one mark) instead of one each. The round answers once its events are recorded and published; their
-'enqueued' marks ride in the next round's transaction, or a transaction of their own once the API
+'enqueued' marks ride in the next round's record statement, or a transaction of their own once the API
 is idle (``TAGGER_API_INGEST_DEFER_MARKS``, :class:`shared.outbox.DeferredMarks`). A request's
 events join the next round; at most ``TAGGER_API_INGEST_ROUNDS`` rounds (default 1) run at once,
 so requests that arrive while they run wait for the next (no timer: an idle API sends a lone

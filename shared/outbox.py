@@ -59,7 +59,7 @@ def _mark_sent(session: Session, event_ids: list[str]) -> None:
 
 
 class DeferredMarks:
-    """Event ids sent but not yet marked enqueued, kept for the caller's next record transaction
+    """Event ids sent but not yet marked enqueued, kept for the caller's next record statement
     (step 3 deferred; see the module docstring). Thread-safe: an API process's rounds run on a
     thread pool. Losing them (a crash) costs a re-send by the sweeper, never an event."""
 
@@ -83,7 +83,7 @@ class DeferredMarks:
 
     def flush(self, database_url: str) -> int:
         """Write the pending marks in a transaction of their own; how many. On failure they stay
-        pending (the next record transaction or flush tries again) and the error propagates."""
+        pending (the next record statement or flush tries again) and the error propagates."""
         ids = self.take()
         if not ids:
             return 0
@@ -104,7 +104,7 @@ def record_and_send(database_url: str, events: Sequence[ProductUploaded],
     needed sending (every event already known and past 'received').
 
     With ``marks``, step 3 is deferred: the sent ids join ``marks``, and the marks pending there
-    are written in this call's record transaction (they go back to ``marks`` if it fails).
+    are written by this call's record statement (they go back to ``marks`` if it fails).
 
     Exceptions propagate: from the record step (nothing recorded, nothing sent), from ``send`` (the
     rows are committed; the sweeper sends them), from the mark step (sent; the sweeper will send
