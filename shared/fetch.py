@@ -160,7 +160,11 @@ class ImageFetcher:
                 log.warning("fetch_failed error=%s", type(exc).__name__, exc_info=True)
                 return FetchError(f"image fetch failed: {type(exc).__name__}: {exc}"[:500])
 
-        return list(self._pool.map(one, uris))
+        slots: list[bytes | FetchError | None] = [None] * len(uris)
+        wanted = [i for i, uri in enumerate(uris) if uri]  # a text-only event costs no pool task
+        for i, got in zip(wanted, self._pool.map(one, [uris[i] for i in wanted]), strict=True):
+            slots[i] = got
+        return slots
 
     def _limit(self, size: int | None) -> None:
         if size is not None and size > self.s.max_image_bytes:

@@ -107,6 +107,12 @@ def test_file_uris_only_when_enabled_and_only_local(tmp_path: Path) -> None:
     img.write_bytes(JPEG)
     f = fetcher(allow_file_uris=True)
     assert f.fetch_many([img.as_uri(), None]) == [JPEG, None]
+    other = tmp_path / "b.jpg"
+    other.write_bytes(JPEG + b"\0")
+    # Slots stay in order when only some events carry a photo (those alone go to the pool).
+    got = f.fetch_many([None, other.as_uri(), None, img.as_uri(), ""])
+    assert got == [None, JPEG + b"\0", None, JPEG, None]
+    assert f.fetch_many([None, None]) == [None, None] and f.fetch_many([]) == []
     assert "only local files" in refused(f, f"file://files.example.com{img}")
     assert "image not found" in refused(f, (tmp_path / "missing.jpg").as_uri())
     (tmp_path / "big.jpg").write_bytes(b"x" * 5000)
