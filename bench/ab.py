@@ -36,10 +36,13 @@ def last_numbers(output: str) -> dict[str, float]:
     return {}
 
 
-def run(tree: Path, command: list[str], timeout: float) -> dict[str, float]:
-    """``python -m <command>`` in ``tree`` with this tree's interpreter; its last line's numbers."""
+def run(tree: Path, command: list[str], timeout: float, log: Path | None = None) -> dict[str, float]:
+    """``python -m <command>`` in ``tree`` with this tree's interpreter; its last line's numbers
+    (its whole output written to ``log`` when given)."""
     done = subprocess.run([sys.executable, "-m", *command], cwd=tree, capture_output=True, text=True,
                           timeout=timeout)
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
     numbers = last_numbers(done.stdout)
     if done.returncode != 0 or not numbers:
         raise SystemExit(f"{' '.join(command)} in {tree} failed (exit {done.returncode}):\n"
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=6, help="before/after pairs, alternating order")
     ap.add_argument("--metric", default=None, help="the number to compare (default: the first on the line)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one bench run may take")
+    ap.add_argument("--logs", type=Path, default=None, help="a folder for each run's whole output")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- bench.<name> [its options]")
     args = ap.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -69,7 +73,10 @@ def main() -> None:
             ratios = []
             for i in range(args.pairs):
                 order = [("before", before), ("after", REPO)]
-                got = {name: run(tree, command, args.timeout)
+                if args.logs:
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                got = {name: run(tree, command, args.timeout,
+                                 args.logs / f"pair{i + 1}-{name}.log" if args.logs else None)
                        for name, tree in (order if i % 2 == 0 else order[::-1])}
                 metric = args.metric or next(iter(got["after"]))
                 old, new = got["before"][metric], got["after"][metric]
