@@ -27,6 +27,7 @@ from shared.db.sql import chunks, copy_select, dialect_insert, keys_as_array, se
 
 _products = cast(sa.Table, Product.__table__)
 _tags = cast(sa.Table, ProductTag.__table__)
+_TAG_KEY = [_tags.c.product_id, _tags.c.axis, _tags.c.value]  # a product's one row per (axis, value)
 
 
 class ModelTag(NamedTuple):
@@ -180,12 +181,11 @@ def _replace_model_tags(session: Session, results: Sequence[TaggingResult], now:
         return
     ordered = [rows[key] for key in sorted(rows)]
     # After the delete only human rows can conflict, and a human decision always wins.
-    conflict = [_tags.c.product_id, _tags.c.axis, _tags.c.value]
     if set_based(session, ordered, ["product_id", "axis", "value"]):  # the batch's tags, one statement
         columns = tuple(ordered[0])
         session.execute(_insert_staged_tags_statement(copy_select(session, _tags, ordered, columns), columns))
         return
-    session.execute(dialect_insert(session, _tags).on_conflict_do_nothing(index_elements=conflict), ordered)
+    session.execute(dialect_insert(session, _tags).on_conflict_do_nothing(index_elements=_TAG_KEY), ordered)
 
 
 @functools.cache
@@ -199,9 +199,8 @@ def _delete_model_tags_statement() -> sa.Delete:
 def _insert_staged_tags_statement(staged: sa.Select, columns: tuple[str, ...]) -> sa.Insert:
     """INSERT the staged tag rows, a human row winning any conflict: built once per staging SELECT
     (:func:`shared.db.sql.copy_select` returns the same object for the same shape)."""
-    conflict = [_tags.c.product_id, _tags.c.axis, _tags.c.value]
     return (postgresql.insert(_tags).from_select(list(columns), staged)
-            .on_conflict_do_nothing(index_elements=conflict))
+            .on_conflict_do_nothing(index_elements=_TAG_KEY))
 
 
 def apply_batch(session: Session, results: Sequence[TaggingResult]) -> BatchOutcome:
