@@ -29,6 +29,11 @@ new redis-py client (its ~170 response callbacks copied into a ``CaseInsensitive
 ``QoS.append`` pipeline, every ack and every event publish; here each channel reuses one client
 (:func:`reuse_redis_client`), to measure what that costs the consumer.
 
+``TAGGER_BENCH_NULL_MODEL_MS=X``: a GPU stand-in: each ``predict`` call waits X ms per item (a sleep:
+no CPU, the GIL released, as a thread blocked on a CUDA synchronise is; one batch at a time, as on
+one device), so the run shows whether
+the worker keeps such a model busy while it fetches, writes and acks (``bench.pipeline --model-ms``).
+
 ``TAGGER_BENCH_SWITCH_INTERVAL=S``: an experiment: ``sys.setswitchinterval(S)`` in the worker (Python's
 default is 0.005 s: a thread that returns from a socket read while a pool thread runs Python code
 may wait that long for the GIL, and the consumer makes several round trips per message).
@@ -38,6 +43,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,8 @@ from shared.ml.artifact import load_artifact
 from shared.ml.evidence import alone_axes
 from shared.ml.labels import Axis
 from shared.ml.predictor import AUTO, REVIEW, Item, Prediction, Tagger, TagScore
+
+_DEVICE = threading.Lock()  # the GPU stand-in's one device (TAGGER_BENCH_NULL_MODEL_MS)
 
 
 class NullTagger:
@@ -71,6 +80,10 @@ class NullTagger:
         return cls(artifact.manifest, artifact.version)
 
     def predict(self, items: list[Item], top_k: int = 3, watch: Any = None) -> list[Prediction]:
+        wait_ms = float(os.environ.get("TAGGER_BENCH_NULL_MODEL_MS") or 0)
+        if wait_ms > 0:
+            with _DEVICE:  # one device: batches of other threads wait for it, as on one GPU
+                time.sleep(wait_ms * len(items) / 1000)
         return [self._one(it, top_k) for it in items]
 
     def _one(self, item: Item, top_k: int) -> Prediction:

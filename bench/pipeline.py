@@ -6,7 +6,7 @@ model stays the bottleneck and batching pays. One run, on N products from fashio
   (a) the raw model rate: the shipped default model (text encoder + image backbone + head) on
       PRE-DECODED inputs (decode/resize done before timing) at the worker's batch size;
   (b) end-to-end events/s from the first publish to the last commit, through Redis, a real
-      ``celery worker`` process (threads pool, one thread, the model loaded before publishing) and
+      ``celery worker`` process (threads pool, ``-c`` threads, the model loaded before publishing) and
       Postgres, with the images as file:// URIs;
   (c) the same with one task per event (a second worker run with TAGGER_BATCH_SIZE=1, fresh
       Redis db and database),
@@ -449,6 +449,8 @@ def run_pipeline(label: str, batch: int, events: list[ProductUploaded], args: ar
         env["TAGGER_BENCH_REUSE_REDIS_CLIENT"] = "1"
     if getattr(args, "switch_interval", None):
         env["TAGGER_BENCH_SWITCH_INTERVAL"] = str(args.switch_interval)
+    if getattr(args, "model_ms", None):
+        env["TAGGER_BENCH_NULL_MODEL_MS"] = str(args.model_ms)
     logs = args.logs or workdir
     logs.mkdir(parents=True, exist_ok=True)
     n_workers = getattr(args, "workers", 1)
@@ -515,8 +517,8 @@ def main() -> None:
     ap.add_argument("--redis", default=DEFAULT_REDIS, help="broker URL; this db is FLUSHDB'd")
     ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="database URL; dropped and re-created")
     ap.add_argument("--concurrency", "-c", type=int, default=0,
-                    help="batches the worker runs at once (tagger worker -c; 0: its default, 1 on a GPU "
-                         "and 2 on the CPU); (a) runs as many streams")
+                    help="batches the worker runs at once (tagger worker -c; 0: its default, 2 on a GPU "
+                         "as on a CPU of 2 cores or more); (a) runs as many streams")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch CPU threads per forward pass (TAGGER_TORCH_THREADS; 0: the worker's "
                          "default, cores / concurrency on the CPU)")
@@ -539,6 +541,9 @@ def main() -> None:
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="with --null-model: an experiment, sys.setswitchinterval(S) in the worker "
                          "(Python's default: 0.005 s)")
+    ap.add_argument("--model-ms", type=float, default=None,
+                    help="with --null-model: a GPU stand-in, the model waits this many ms per event "
+                         "(no CPU, the GIL released); prints e2e over that model's own rate")
     ap.add_argument("--events-per-message", type=int, default=None,
                     help="events per task message the publishers send (TAGGER_EVENTS_PER_MESSAGE; "
                          "default: the Publisher's, 50; 1: one message per event, as before envelopes)")
@@ -548,9 +553,10 @@ def main() -> None:
     ap.add_argument("--skip-unbatched", action="store_true",
                     help="no run (c) (one task per event): a shorter run, e.g. bench/gpu.sh")
     args = ap.parse_args()
-    if (args.profile or args.no_task_events or args.reuse_redis_client or args.switch_interval) \
-            and not args.null_model:
-        ap.error("--profile, --no-task-events, --reuse-redis-client and --switch-interval need --null-model")
+    if (args.profile or args.no_task_events or args.reuse_redis_client or args.switch_interval
+            or args.model_ms) and not args.null_model:
+        ap.error("--profile, --no-task-events, --reuse-redis-client, --switch-interval and --model-ms "
+                 "need --null-model")
     if args.n < 1 or args.concurrency < 0 or args.torch_threads < 0 or args.workers < 1:
         ap.error("--n and --workers must be at least 1, --concurrency and --torch-threads at least 0")
     if args.profile and args.workers > 1:
@@ -631,6 +637,8 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
         events += ", one redis-py client per channel (experiment)"
     if args.switch_interval:
         events += f", sys.setswitchinterval({args.switch_interval}) (experiment)"
+    if args.model_ms:
+        events += f", a GPU stand-in waiting {args.model_ms} ms per event"
     print(f"products: {args.n} from {manifest}, text only; NULL model (bench.null_worker), {events}; "
           f"{args.workers} worker process(es) x {args.concurrency} thread(s) = concurrency "
           f"{args.workers * args.concurrency}; {os.cpu_count()} CPUs; load: {load}")
@@ -652,6 +660,13 @@ def null_model(args: argparse.Namespace, batch: int, settings: Settings, manifes
           f"{100 * r.machine_busy:.0f}% busy meanwhile (everyone's work, publishers' start-up included)")
     if args.profile:
         print(f"profile: {args.profile} (python -m pstats {args.profile})")
+    if args.model_ms:  # the stand-in alone would tag 1000 / model_ms events a second
+        model_rate = 1000 / args.model_ms
+        print(f"GPU stand-in: {model_rate:.0f} events/s alone; end to end {r.rate:.1f}: "
+              f"e2e/model {r.rate / model_rate:.2f}")
+        print(f"e2e_over_model={r.rate / model_rate:.3f} plumbing_events_per_s={r.rate:.1f} "
+              f"write_ms_per_event={write_ms:.2f} concurrency={args.concurrency}")
+        return
     print(f"plumbing_events_per_s={r.rate:.1f} write_ms_per_event={write_ms:.2f} "
           f"p50_ms={round(r.pct(50))} p99_ms={round(r.pct(99))} worker_cpu_ms_per_event={cpu_ms:.2f} "
           f"events_per_message={per}")

@@ -21,8 +21,8 @@ def worker(
         help="Queue to consume: the tagging queue (default) or the training queue (retrains).")] = None,
     concurrency: Annotated[int, typer.Option(
         "--concurrency", "-c", min=0,
-        help="Tasks run at once. Tagging (0): 1 on a GPU, 2 on the CPU (one batch's fetch and write "
-             "overlap the other's model; TAGGER_TORCH_THREADS then defaults to cores / 2). "
+        help="Tasks run at once. Tagging (0): 2 (one batch's fetch and write overlap the other's model, "
+             "on a GPU as on the CPU; on the CPU TAGGER_TORCH_THREADS then defaults to cores / 2). "
              "Training (0): 2, so sweeps run beside a retrain.")] = 0,
 ) -> None:
     """Run a worker: tagging (one process per GPU, model loaded once at start) or training."""

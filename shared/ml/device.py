@@ -37,12 +37,15 @@ def worker_layout(device: str, concurrency: int = 0, torch_threads: int = 0,
                   cores: int | None = None) -> tuple[int, int]:
     """(batches at once, torch threads each) for a tagging worker; 0 means "choose".
 
-    One batch at a time on a GPU (one CUDA stream; more would only queue on it). On the CPU, two
-    batches at once with cores / 2 threads each: measured on 2 cores, 0.85-0.90 of the model's
-    rate end to end against 0.81 for one batch on every core (docs/BENCHMARKS.md, Pipeline).
+    Two batches at once, so that one batch's write and ack overlap the other's model. On a GPU the
+    two forward passes only queue on the device, which is the point: with one batch at a time the
+    device waits for every write (a one-device stand-in, bench.pipeline --model-ms 2: e2e/model
+    0.63 with one, 0.79-0.84 with two, no better with three; docs/BENCHMARKS.md). On the CPU, with
+    cores / 2 threads each: measured on 2 cores, 0.85-0.90 of the model's rate end to end against
+    0.81 for one batch on every core (docs/BENCHMARKS.md, Pipeline).
     """
     cores = cores or os.cpu_count() or 1
     gpu = resolve_device(device).type == "cuda"
-    c = concurrency or (1 if gpu or cores < 2 else 2)
+    c = concurrency or (2 if gpu or cores >= 2 else 1)
     t = torch_threads or (0 if gpu else max(1, cores // c))
     return c, t

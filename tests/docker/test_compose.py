@@ -89,7 +89,7 @@ def test_worker_reserves_one_nvidia_gpu(services: dict[str, Any]) -> None:
 def test_worker_runs_one_threaded_process_on_the_tagging_queue(services: dict[str, Any]) -> None:
     command = " ".join(services["worker"]["command"])
     assert command.startswith("celery -A workers.app worker")
-    assert "-Q tagging" in command and "-P threads" in command and "-c 1" in command
+    assert "-Q tagging" in command and "-P threads" in command and "-c 2" in command
 
 
 def test_redis_never_evicts_and_keeps_an_append_only_file(services: dict[str, Any]) -> None:
@@ -154,7 +154,7 @@ def test_dockerfiles_match_their_roles() -> None:
     app = (DOCKER / "Dockerfile.app").read_text()
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-cudnn-runtime-", worker, re.M)
     assert "python3.11" in worker and "torch" in worker and "['ml']" in worker
-    assert '"celery", "-A", "workers.app", "worker", "-Q", "tagging", "-P", "threads", "-c", "1"' in worker
+    assert '"celery", "-A", "workers.app", "worker", "-Q", "tagging", "-P", "threads", "-c", "2"' in worker
     assert re.search(r"^FROM python:3\.11-slim", app, re.M)
     assert "optional-dependencies" not in app and not re.search(r"pip install[^\n]*torch", app)
 

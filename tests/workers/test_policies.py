@@ -45,7 +45,8 @@ def test_longest_wait_stays_under_the_interval() -> None:
     ("cpu", (0, 0), 1, (1, 1)),
     ("cpu", (3, 0), 12, (3, 4)),
     ("cpu", (2, 2), 2, (2, 2)),     # what the operator sets wins
-    ("cuda", (0, 0), 16, (1, 0)),   # a GPU: one batch at a time, torch's own threads
+    ("cuda", (0, 0), 16, (2, 0)),   # a GPU: one batch writes while the other infers; torch's own threads
+    ("cuda", (1, 0), 16, (1, 0)),
 ])
 def test_worker_layout(device: str, asked: tuple[int, int], cores: int, layout: tuple[int, int]) -> None:
     from shared.ml.device import worker_layout
