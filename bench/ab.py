@@ -70,11 +70,11 @@ def main() -> None:
             (before / ".venv").symlink_to(REPO / ".venv")
             if (REPO.parent / "shared").is_dir():
                 (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
             ratios = []
             for i in range(args.pairs):
                 order = [("before", before), ("after", REPO)]
-                if args.logs:
-                    args.logs.mkdir(parents=True, exist_ok=True)
                 got = {name: run(tree, command, args.timeout,
                                  args.logs / f"pair{i + 1}-{name}.log" if args.logs else None)
                        for name, tree in (order if i % 2 == 0 else order[::-1])}

@@ -64,6 +64,7 @@ class NullTagger:
     device = "cpu"
 
     def __init__(self, manifest: dict, version: str) -> None:
+        self._wait_ms = float(os.environ.get("TAGGER_BENCH_NULL_MODEL_MS") or 0)  # the GPU stand-in
         self.manifest = manifest
         self.version = f"{version}+null"
         self.axes = [Axis.from_json(n, d) for n, d in manifest["axes"].items()]
@@ -80,10 +81,9 @@ class NullTagger:
         return cls(artifact.manifest, artifact.version)
 
     def predict(self, items: list[Item], top_k: int = 3, watch: Any = None) -> list[Prediction]:
-        wait_ms = float(os.environ.get("TAGGER_BENCH_NULL_MODEL_MS") or 0)
-        if wait_ms > 0:
+        if self._wait_ms > 0:
             with _DEVICE:  # one device: batches of other threads wait for it, as on one GPU
-                time.sleep(wait_ms * len(items) / 1000)
+                time.sleep(self._wait_ms * len(items) / 1000)
         return [self._one(it, top_k) for it in items]
 
     def _one(self, item: Item, top_k: int) -> Prediction:

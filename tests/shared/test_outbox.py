@@ -184,7 +184,6 @@ def test_deferred_marks_ride_in_the_next_record_transaction(database: str) -> No
     assert rows(database)["evt-4"]["enqueued_at"] is not None
 
 
-
 def test_recording_and_marking_earlier_events_is_one_statement(database: str) -> None:
     """On Postgres a round with pending marks sends ONE statement (autocommit: no BEGIN, no COMMIT):
     the events recorded and the earlier ids marked together. It is atomic: when the insert fails

@@ -151,7 +151,6 @@ def test_prefetch_counts_events_so_a_worker_holds_a_few_envelopes_not_its_messag
     assert 1 <= peak <= 2, f"the worker held {peak} envelopes of 10 events at once"
 
 
-
 def test_the_event_window_counts_held_events_skips_eta_requests_and_follows_kombus_acks() -> None:
     """workers.prefetch.EventWindow on kombu's own virtual-transport QoS (the Redis channel's base):
     room while under the events limit or under the message floor; a request with an ETA counts as
