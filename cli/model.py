@@ -110,11 +110,14 @@ def train(
         help="Add the baseline's per-axis logistic regressions on the title's character n-grams "
         "to the head's logits, weighted per axis on the calibration part (costs 1 + "
         "--calibration-folds regression fits; docs/MODEL.md, \"Text experts\").")] = True,
-    pool_thin_values: Annotated[bool, typer.Option(
+    pool_thin_values: Annotated[bool | None, typer.Option(
+        "--pool-thin-values/--no-pool-thin-values",
         help="Values predicted too rarely to prove the target precision alone (fewer than 149 "
         "calibration predictions for .98) prove it together, under the same bound, at one "
-        "shared cut per axis; off: they are never auto-applied. Off by default: on grocery-store's "
-        "leaky photo folds the group broke the promise (docs/MODEL.md, \"Thin values\").")] = False,
+        "shared cut per axis; off: they are never auto-applied. Default: on for a catalogue "
+        "with titles, off for photos without titles, whose folds may share an item's shots "
+        "(on grocery-store the group broke the promise: docs/MODEL.md, \"Thin values\").",
+        show_default=False)] = None,
     near_duplicate_similarity: Annotated[float | None, typer.Option(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "

@@ -29,8 +29,9 @@ class TrainConfig:
     calibration_folds: int = 5
     confidence: float = 0.95  # of the precision lower bound an auto threshold must clear
     # Values too rarely predicted to prove the target alone prove it together, one cut per axis
-    # (shared.ml.calibration.pool_thin_values); off: they are never auto-applied.
-    pool_thin_values: bool = False
+    # (shared.ml.calibration.pool_thin_values); off: they are never auto-applied. None: chosen by
+    # the catalogue (pool_thin_choice): on with titles, off for photos without titles.
+    pool_thin_values: bool | None = None
     validation_fraction: float = 0.1  # the report only: never trained or tuned on
     finetune_text: bool = True
     text_epochs: int = 2
@@ -128,6 +129,21 @@ def near_duplicate_choice(
 def photos_only(records: list[Record], blobs: list[bytes | None]) -> bool:
     """A catalogue whose records carry photos and not one title: the photo is all the model reads."""
     return any(blobs) and not any(r.text.strip() for r in records)
+
+
+def pool_thin_choice(option: bool | None, records: list[Record],
+                     blobs: list[bytes | None]) -> tuple[bool, str]:
+    """Whether thin values prove the target together, and what chose it. The group spends the
+    out-of-fold scores' honesty on many values at once: where a listing is one product and the
+    folds split whole listings (titles), the group kept the promise on fashion-small and
+    product1m-zh-dev; where shots of one item sit on both sides of a fold (photos without titles,
+    grouped only approximately) the folds flatter the model and the group broke it on
+    grocery-store (docs/MODEL.md, "Thin values")."""
+    if option is not None:
+        return option, "--pool-thin-values" if option else "--no-pool-thin-values"
+    if photos_only(records, blobs):
+        return False, "photos without titles (their folds may share an item's shots)"
+    return True, "default (titles: whole listings per fold)"
 
 
 # Epochs of the image tail a photo-only catalogue is tuned for unless told otherwise: on

@@ -43,6 +43,7 @@ from shared.ml.train_config import (
     config_problems,
     image_tail_epochs_choice,
     near_duplicate_choice,
+    pool_thin_choice,
     rare_values,
     text_encoder_choice,
 )
@@ -226,8 +227,7 @@ def train(
     cfg: TrainConfig | None = None, show_progress: bool = True, holdout: set[str] | None = None,
 ) -> dict:
     """Train, calibrate, evaluate and save a model; returns the report stored in its manifest."""
-    cfg = cfg or TrainConfig()
-    data = prepare(manifest_path, cfg, holdout, settings, show_progress)
+    data = prepare(manifest_path, cfg := cfg or TrainConfig(), holdout, settings, show_progress)
     return train_prepared(data, out_dir, settings, cfg, show_progress)
 
 
@@ -249,15 +249,16 @@ def train_prepared(
     if cfg.finetune_text and kind not in LORA_TUNABLE:
         text_choice["note"] = f"{kind} cannot be LoRA-tuned: trained with the text encoder frozen"
     near = cfg.near_duplicate_similarity  # the manifest records what the split did
+    pooled = pool_thin_choice(cfg.pool_thin_values, data.records, data.blobs)
     cfg = replace(cfg, text_encoder=kind, finetune_text=cfg.finetune_text and kind in LORA_TUNABLE,
                   near_duplicate_similarity=(data.near_duplicates or {}).get("similarity", 0.0)
                   if near is None else near,
-                  image_tail_epochs=image_tail_epochs_choice(cfg.image_tail_epochs, data.records, data.blobs))
+                  image_tail_epochs=image_tail_epochs_choice(cfg.image_tail_epochs, data.records, data.blobs),
+                  pool_thin_values=pooled[0])
     target = cfg.target_precision or s.target_precision
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    recs = data.records
-    train_idx = data.parts["train"]
+    recs, train_idx = data.records, data.parts["train"]
     axes = build_axes([recs[i] for i in train_idx], data.kinds, min_count=cfg.min_value_count)
     y = {a.name: targets(recs, a) for a in axes}
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
@@ -315,6 +316,7 @@ def train_prepared(
         lg, yc = cal_logits[a.name], y[a.name][cal_idx]
         a.temperature = fit_temperature(a, lg, yc)
         fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence, cfg.pool_thin_values)
+    cal_log["pool_thin_values"] = {"on": pooled[0], "chosen_by": pooled[1]}
     if cal_log["method"] == "cross-fit":  # the served head must keep what its fold heads proved
         served = logits_to_probs(head, axes, part["calibration"], device)
         cal_log["served_check"] = {a.name: c for a in axes if (c := check_served(

@@ -139,7 +139,7 @@ def test_the_commands_defaults_are_the_measured_recipe() -> None:
     assert cfg.head.lexical_buckets == 0 and cfg.head.label_smoothing == 0
     assert cfg.head.class_weight_power == 0 and cfg.head.min_steps == 2000 and cfg.head.relative_stop
     assert cfg.calibration_folds == 5 and cfg.confidence == 0.95
-    assert not cfg.pool_thin_values and cfg.text_windows == 1
+    assert cfg.pool_thin_values is None and cfg.text_windows == 1  # chosen by the catalogue
     assert cfg.near_duplicate_similarity is None  # chosen by the catalogue: photos only -> 0.8
     changed = train_config(text_experts=False, lexical_buckets=1024, near_duplicate_similarity=0.8)
     assert not changed.text_experts and changed.head.lexical_buckets == 1024

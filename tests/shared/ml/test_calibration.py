@@ -293,3 +293,18 @@ def test_a_value_with_evidence_enough_that_fails_is_not_pooled() -> None:
     fit_thresholds_from(axis, preds, pool=True)
     assert axis.thresholds["common"] == NEVER and "pool" not in axis.evidence["common"]
     assert axis.thresholds["rare0"] < NEVER
+
+
+def test_thin_values_are_pooled_by_default_only_where_listings_carry_titles() -> None:
+    from shared.ml.dataset import Record
+    from shared.ml.train_config import TrainConfig, pool_thin_choice
+
+    photos = [Record("a", "", "a.jpg", {}), Record("b", " ", "b.jpg", {})]
+    titled = [Record("a", "", "a.jpg", {}), Record("b", "red dress", "b.jpg", {})]
+    assert TrainConfig().pool_thin_values is None  # chosen by the catalogue
+    assert pool_thin_choice(None, titled, [b"x", b"y"])[0] is True
+    assert pool_thin_choice(None, titled, [None, None])[0] is True  # titles without photos
+    on, why = pool_thin_choice(None, photos, [b"x", b"y"])
+    assert on is False and "photos without titles" in why
+    assert pool_thin_choice(True, photos, [b"x", b"y"]) == (True, "--pool-thin-values")  # the option wins
+    assert pool_thin_choice(False, titled, [b"x", b"y"]) == (False, "--no-pool-thin-values")
