@@ -65,6 +65,11 @@ def auto_lines(manifest: dict) -> list[str]:
               if cal.get("method") == "cross-fit" else f"{cal.get('n', '?')} calibration items")
     lines = [f"[bold]auto-apply[/]: a value is auto only where the {conf:.0%} lower bound of its "
              f"precision reaches {manifest['target_precision']:.2f} ({source})"]
+    if (pooling := cal.get("pool_thin_values")) is not None:
+        lines.append(f"  values too rare to prove it alone: "
+                     f"{'proven together, one cut per axis' if pooling['on'] else 'never auto'} "
+                     f"(chosen by: {escape(pooling['chosen_by'])}; "
+                     f"{'--no-pool-thin-values' if pooling['on'] else '--pool-thin-values'} to change)")
     for name, a in manifest["axes"].items():
         ev = a.get("evidence", {})
         never = sorted((v for v in a["values"] if not ev.get(v, {}).get("auto")),
