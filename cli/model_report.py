@@ -79,7 +79,9 @@ def auto_lines(manifest: dict) -> list[str]:
         if pool:
             head += (f" ({pool['values']} of them too rare to prove alone, proven together: "
                      f"{pool['hits']} of {pool['n']} right from {pool['threshold']:.3f}, bound "
-                     f"{pool['lower_bound']:.3f})")
+                     f"{pool['lower_bound']:.3f}"
+                     + (f"; {pool['left_out']} left out, their own record under the target"
+                        if pool.get("left_out") else "") + ")")
         if not never:
             lines.append(head)
             continue

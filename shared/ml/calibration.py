@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from shared.ml.bounds import CONFIDENCE, needed_for_auto, precision_lower_bound
+from shared.ml.bounds import CONFIDENCE, needed_for_auto, precision_lower_bound, precision_upper_bound
 from shared.ml.labels import Axis
 
 NEVER = 1.01  # above any probability: always 'review'
@@ -132,9 +132,11 @@ def pool_thin_values(
     scores, and the items of those values are never auto-applied. A value is thin by its count
     alone, whatever its record, so no choice made after looking at outcomes inflates the pool's
     bound; a bad thin value raises the shared cut for all of them, and a value with evidence enough
-    that fails on its own record stays off. The live audit then watches each value
-    on its own. Records the pool in ``axis.evidence[value]["pool"]``; returns its evidence, or None
-    when no value is thin."""
+    that fails on its own record stays off. A thin value whose own record at the shared cut is
+    under the target beyond doubt (its upper bound, as the live audit judges) stays off too:
+    taking out the worst after the group's bound was counted with them can only lower the
+    group's misses. The live audit then watches each value on its own. Records the pool in
+    ``axis.evidence[value]["pool"]``; returns its evidence, or None when no value is thin."""
     need = needed_for_auto(target, confidence)
     thin = [v for v in axis.values
             if not axis.evidence[v]["auto"] and 0 < len(predictions[v][0]) < need]
@@ -149,11 +151,15 @@ def pool_thin_values(
         for v in thin:
             s, c = predictions[v]
             above = s >= cut
-            axis.thresholds[v] = cut
             n, hits = int(above.sum()), int(c[above].sum())
-            axis.evidence[v].update(  # its own record at the pool's cut, beside the pool's
-                threshold=cut, auto=True, pooled=True, n=n, hits=hits, pool=pool,
-                lower_bound=_floor4(float(precision_lower_bound(hits, n, confidence))))
+            own = {"n": n, "hits": hits, "pool": pool,  # its own record at the pool's cut
+                   "lower_bound": _floor4(float(precision_lower_bound(hits, n, confidence)))}
+            if n and precision_upper_bound(hits, n, confidence) < target:
+                pool["left_out"] = pool.get("left_out", 0) + 1
+                axis.evidence[v].update(own, left_out="its own record at the pool's cut is under the target")
+                continue
+            axis.thresholds[v] = cut
+            axis.evidence[v].update(own, threshold=cut, auto=True, pooled=True)
     return pool
 
 

@@ -179,6 +179,9 @@ def test_train_lists_auto_values_and_a_pooled_group() -> None:
     assert "type: 3 of 4 auto (2 of them too rare to prove alone, proven together: 248 of 250" in text
     assert "never auto[/]: Wallets (400 predicted, best bound 0.951)" in text
     assert "too rare to prove it alone:" not in text  # a model from before the choice says nothing
+    pool["left_out"] = 1
+    assert "bound 0.981; 1 left out, their own record under the target)" in " ".join(
+        cli_report.auto_lines(manifest))
     manifest["training"]["calibration"]["pool_thin_values"] = {"on": True, "chosen_by": "default"}
     text = " ".join(cli_report.auto_lines(manifest))
     assert "too rare to prove it alone: proven together, one cut per axis (chosen by: default; " \

@@ -308,3 +308,15 @@ def test_thin_values_are_pooled_by_default_only_where_listings_carry_titles() ->
     assert on is False and "photos without titles" in why
     assert pool_thin_choice(True, photos, [b"x", b"y"]) == (True, "--pool-thin-values")  # the option wins
     assert pool_thin_choice(False, titled, [b"x", b"y"]) == (False, "--no-pool-thin-values")
+
+
+def test_a_thin_value_whose_own_record_fails_at_the_pools_cut_is_left_out() -> None:
+    axis, preds = _thin_axis(n_values=60, per_value=60, right_share=1.0)
+    s = np.linspace(0.95, 1.0, 40)
+    preds["rare0"] = (s, np.arange(40) % 10 != 0)  # 36 of 40 right above any cut: under .98 beyond doubt
+    fit_thresholds_from(axis, preds, pool=True)
+    assert axis.thresholds["rare1"] < NEVER and axis.evidence["rare1"]["pooled"]
+    assert axis.thresholds["rare0"] == NEVER and not axis.evidence["rare0"]["auto"]
+    assert "under the target" in axis.evidence["rare0"]["left_out"]
+    assert axis.evidence["rare1"]["pool"]["left_out"] == 1
+    assert axis.evidence["rare0"]["n"] == 40 and axis.evidence["rare0"]["hits"] == 36
