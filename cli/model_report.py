@@ -54,6 +54,21 @@ def _count(v: int | None) -> str:
 NEVER_SHOWN = 8  # values named per axis in train's never-auto list; the rest are counted
 
 
+def never_auto_entry(value: str, ev: dict) -> str:
+    """One value of the never-auto list, with what it fell short by: its best bound alone, or,
+    for a thin value left out of its axis's pool, its own record at the pool's cut."""
+    from rich.markup import escape
+
+    left = ev.get("left_out")
+    if left:
+        # Manifests before the mend kept that record in the evidence itself, and the reason alone.
+        rec = left if isinstance(left, dict) else ev
+        return (f"{escape(value)} ({ev.get('proposed', 0)} predicted, left out of the pool: "
+                f"{rec.get('hits', 0)} of {rec.get('n', 0)} right at its cut)")
+    return (f"{escape(value)} ({ev.get('proposed', 0)} predicted, best bound "
+            f"{ev.get('lower_bound', 0.0):.3f})")
+
+
 def auto_lines(manifest: dict) -> list[str]:
     """Per axis, how many values may be auto-applied and which never will, with the evidence
     that fell short (most predicted first): what a user must know before trusting ``auto``."""
@@ -85,8 +100,7 @@ def auto_lines(manifest: dict) -> list[str]:
         if not never:
             lines.append(head)
             continue
-        shown = [f"{escape(v)} ({ev.get(v, {}).get('proposed', 0)} predicted, best bound "
-                 f"{ev.get(v, {}).get('lower_bound', 0.0):.3f})" for v in never[:NEVER_SHOWN]]
+        shown = [never_auto_entry(v, ev.get(v, {})) for v in never[:NEVER_SHOWN]]
         more = f" … and {len(never) - NEVER_SHOWN} more" if len(never) > NEVER_SHOWN else ""
         lines.append(f"{head}; [yellow]never auto[/]: {', '.join(shown)}{more}")
     return lines

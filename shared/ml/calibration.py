@@ -152,14 +152,16 @@ def pool_thin_values(
             s, c = predictions[v]
             above = s >= cut
             n, hits = int(above.sum()), int(c[above].sum())
-            own = {"n": n, "hits": hits, "pool": pool,  # its own record at the pool's cut
-                   "lower_bound": _floor4(float(precision_lower_bound(hits, n, confidence)))}
+            at_cut = {"n": n, "hits": hits,  # its own record at the pool's cut
+                      "lower_bound": _floor4(float(precision_lower_bound(hits, n, confidence)))}
             if n and precision_upper_bound(hits, n, confidence) < target:
+                # Its own best evidence stays as it was (what it would need to be auto alone).
                 pool["left_out"] = pool.get("left_out", 0) + 1
-                axis.evidence[v].update(own, left_out="its own record at the pool's cut is under the target")
+                axis.evidence[v].update(pool=pool, left_out={
+                    "reason": "its own record at the pool's cut is under the target", **at_cut})
                 continue
             axis.thresholds[v] = cut
-            axis.evidence[v].update(own, threshold=cut, auto=True, pooled=True)
+            axis.evidence[v].update(at_cut, pool=pool, threshold=cut, auto=True, pooled=True)
     return pool
 
 

@@ -249,12 +249,12 @@ def train_prepared(
     if cfg.finetune_text and kind not in LORA_TUNABLE:
         text_choice["note"] = f"{kind} cannot be LoRA-tuned: trained with the text encoder frozen"
     near = cfg.near_duplicate_similarity  # the manifest records what the split did
-    pooled = pool_thin_choice(cfg.pool_thin_values, data.records, data.blobs)
+    pool_on, pool_chosen_by = pool_thin_choice(cfg.pool_thin_values, data.records, data.blobs)
     cfg = replace(cfg, text_encoder=kind, finetune_text=cfg.finetune_text and kind in LORA_TUNABLE,
                   near_duplicate_similarity=(data.near_duplicates or {}).get("similarity", 0.0)
                   if near is None else near,
                   image_tail_epochs=image_tail_epochs_choice(cfg.image_tail_epochs, data.records, data.blobs),
-                  pool_thin_values=pooled[0])
+                  pool_thin_values=pool_on)
     target = cfg.target_precision or s.target_precision
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
@@ -316,7 +316,7 @@ def train_prepared(
         lg, yc = cal_logits[a.name], y[a.name][cal_idx]
         a.temperature = fit_temperature(a, lg, yc)
         fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence, cfg.pool_thin_values)
-    cal_log["pool_thin_values"] = {"on": pooled[0], "chosen_by": pooled[1]}
+    cal_log["pool_thin_values"] = {"on": pool_on, "chosen_by": pool_chosen_by}
     if cal_log["method"] == "cross-fit":  # the served head must keep what its fold heads proved
         served = logits_to_probs(head, axes, part["calibration"], device)
         cal_log["served_check"] = {a.name: c for a in axes if (c := check_served(

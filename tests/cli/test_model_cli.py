@@ -180,8 +180,14 @@ def test_train_lists_auto_values_and_a_pooled_group() -> None:
     assert "never auto[/]: Wallets (400 predicted, best bound 0.951)" in text
     assert "too rare to prove it alone:" not in text  # a model from before the choice says nothing
     pool["left_out"] = 1
-    assert "bound 0.981; 1 left out, their own record under the target)" in " ".join(
-        cli_report.auto_lines(manifest))
+    manifest["axes"]["type"]["evidence"]["Wallets"].update(
+        proposed=40, left_out={"reason": "under the target", "n": 40, "hits": 36})
+    text = " ".join(cli_report.auto_lines(manifest))
+    assert "bound 0.981; 1 left out, their own record under the target)" in text
+    assert "Wallets (40 predicted, left out of the pool: 36 of 40 right at its cut)" in text
+    # The shipped manifest's form: the reason alone, the record in the evidence itself.
+    manifest["axes"]["type"]["evidence"]["Wallets"].update(left_out="under the target", n=38, hits=30)
+    assert "left out of the pool: 30 of 38 right at its cut" in " ".join(cli_report.auto_lines(manifest))
     manifest["training"]["calibration"]["pool_thin_values"] = {"on": True, "chosen_by": "default"}
     text = " ".join(cli_report.auto_lines(manifest))
     assert "too rare to prove it alone: proven together, one cut per axis (chosen by: default; " \

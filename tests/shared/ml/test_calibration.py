@@ -317,6 +317,10 @@ def test_a_thin_value_whose_own_record_fails_at_the_pools_cut_is_left_out() -> N
     fit_thresholds_from(axis, preds, pool=True)
     assert axis.thresholds["rare1"] < NEVER and axis.evidence["rare1"]["pooled"]
     assert axis.thresholds["rare0"] == NEVER and not axis.evidence["rare0"]["auto"]
-    assert "under the target" in axis.evidence["rare0"]["left_out"]
+    left = axis.evidence["rare0"]["left_out"]
+    assert "under the target" in left["reason"] and (left["n"], left["hits"]) == (40, 36)
     assert axis.evidence["rare1"]["pool"]["left_out"] == 1
-    assert axis.evidence["rare0"]["n"] == 40 and axis.evidence["rare0"]["hits"] == 36
+    # Its own best evidence is kept beside, as for any value that is never auto.
+    alone = value_threshold(*preds["rare0"], 0.98)[1]
+    assert {k: axis.evidence["rare0"][k] for k in ("n", "hits", "lower_bound")} == \
+        {k: alone[k] for k in ("n", "hits", "lower_bound")}
