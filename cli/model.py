@@ -42,7 +42,7 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "--validation-fraction", "min_value_count": "--min-value-count", "calibration_folds":
           "--calibration-folds", "confidence": "--confidence", "target_precision":
           "--target-precision", "text_epochs": "--text-epochs", "head_epochs": "--head-epochs",
-          "head_min_steps": "--head-min-steps",
+          "head_min_steps": "--head-min-steps", "head_ensemble": "--head-ensemble",
           "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
           "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder",
           "image_tail_epochs": "--image-tail-epochs", "image_tail_lr": "--image-tail-lr",
@@ -106,6 +106,10 @@ def train(
         "off (the text experts read the n-grams instead).")] = 0,
     lexical_dim: Annotated[int, typer.Option(
         help="Width of the lexical channel's bucket embeddings (stored float16).")] = 32,
+    head_ensemble: Annotated[int, typer.Option(
+        help="Train this many fusion heads (seeds --seed, --seed + 1, …) and average their "
+        "logits; costs as many times the head's training, per calibration fold too, and the "
+        "head's size (docs/MODEL.md, \"Head ensembles\"); 1: one head.")] = 1,
     text_experts: Annotated[bool, typer.Option(
         help="Add the baseline's per-axis logistic regressions on the title's character n-grams "
         "to the head's logits, weighted per axis on the calibration part (costs 1 + "
@@ -169,7 +173,7 @@ def train(
                        lexical_dim=lexical_dim, head_min_steps=head_min_steps,
                        relative_stop=relative_stop, image_tail_epochs=image_tail_epochs,
                        image_tail_lr=image_tail_lr, text_windows=text_windows,
-                       pool_thin_values=pool_thin_values)
+                       pool_thin_values=pool_thin_values, head_ensemble=head_ensemble)
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))
@@ -227,7 +231,8 @@ def train_config(**options):
                              seed=o["seed"], label_smoothing=o["label_smoothing"],
                              class_weight_power=o["class_weight_power"],
                              lexical_buckets=o["lexical_buckets"], lexical_dim=o["lexical_dim"],
-                             min_steps=o["head_min_steps"], relative_stop=o["relative_stop"]))
+                             min_steps=o["head_min_steps"], relative_stop=o["relative_stop"],
+                             members=o["head_ensemble"]))
 
 
 def _check_model(model: Path | None) -> None:

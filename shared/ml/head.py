@@ -3,7 +3,7 @@ character n-grams: the lexical channel), fused per axis, one output per axis."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ class HeadConfig:
     # EmbeddingBag of this many buckets x lexical_dim. 0: off (every model trained before it).
     lexical_buckets: int = 0
     lexical_dim: int = 32
+    # Heads of this shape trained with different seeds, their logits averaged (HeadEnsemble);
+    # 1: one head (every model trained before it).
+    members: int = 1
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -179,3 +182,46 @@ class FusionHead(nn.Module):
         if self.cfg.fusion != "gated":
             return None
         return self._gated(*self._views(text, text_mask, image, image_mask, lex_ids, lex_counts))[1]
+
+
+class HeadEnsemble(nn.Module):
+    """The mean of ``cfg.members`` heads' logits, each trained alone with its own seed.
+
+    Why: the auto rule's coverage is bound by how well a value's scores order right tags above
+    wrong ones, and averaging heads that differ only by their seed evens out each one's accidents
+    (measured with ``python -m bench.head_ensemble``: docs/MODEL.md). It costs ``members`` times the
+    head's training (once per calibration fold too) and its size; the encoders, which dominate
+    serving, are shared. Same interface as :class:`FusionHead`: logits, gates (their mean: each
+    input's share in the averaged decision) and the stored state (``members.<i>.<name>``).
+    """
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        if cfg.members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, not {cfg.members}")
+        self.cfg = cfg
+        self.members = nn.ModuleList(FusionHead(replace(cfg, members=1)) for _ in range(cfg.members))
+        self.axes = self.members[0].axes
+
+    def forward(self, *inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        outs = [m(*inputs) for m in self.members]
+        return {a: torch.stack([o[a] for o in outs]).mean(0) for a in outs[0]}
+
+    def gate_weights(self, *inputs: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+        gates = [m.gate_weights(*inputs) for m in self.members]
+        if gates[0] is None:
+            return None
+        return {a: torch.stack([g[a] for g in gates]).mean(0) for a in gates[0]}
+
+    def round_lexical(self) -> None:
+        for m in self.members:
+            m.round_lexical()
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        return {f"members.{i}.{k}": v for i, m in enumerate(self.members)
+                for k, v in m.export_state().items()}
+
+
+def build(cfg: HeadConfig) -> FusionHead | HeadEnsemble:
+    """The head a config describes: one, or an ensemble of ``cfg.members``."""
+    return HeadEnsemble(cfg) if cfg.members > 1 else FusionHead(cfg)

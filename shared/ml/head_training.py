@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.ml.head import FusionHead, HeadConfig
+from shared.ml.head import FusionHead, HeadConfig, HeadEnsemble
 from shared.ml.labels import Axis
 from shared.ml.lexical import document_frequency
 from shared.ml.progress import progress
@@ -78,6 +78,8 @@ class HeadTrainConfig:
     # Training needs Features with lex_ids/lex_counts when it is on.
     lexical_buckets: int = 0
     lexical_dim: int = 32
+    # Heads trained (seeds seed, seed + 1, …) and averaged: shared.ml.head.HeadEnsemble. 1: one.
+    members: int = 1
 
 
 def _class_weights(axis: Axis, y: np.ndarray, power: float) -> torch.Tensor | None:
@@ -157,8 +159,27 @@ def train_head(
     train: Features, y_train: dict[str, np.ndarray],
     val: Features, y_val: dict[str, np.ndarray],
     cfg: HeadTrainConfig, device: torch.device, show_progress: bool = True,
+) -> tuple[FusionHead | HeadEnsemble, dict]:
+    """Fit a head (or ``cfg.members`` of them, averaged); returns the best-on-validation weights
+    and a small training log (each member's, for an ensemble)."""
+    if cfg.members <= 1:
+        return _train_one(axes, train, y_train, val, y_val, cfg, device, show_progress)
+    trained = [_train_one(axes, train, y_train, val, y_val, replace(cfg, seed=cfg.seed + m),
+                          device, show_progress) for m in range(cfg.members)]
+    head = HeadEnsemble(replace(trained[0][0].cfg, members=cfg.members)).to(device)
+    for member, (one, _) in zip(head.members, trained, strict=True):
+        member.load_state_dict(one.state_dict())
+    logs = [log for _, log in trained]
+    return head.eval(), {"epochs_run": sum(log["epochs_run"] for log in logs), "members": logs}
+
+
+def _train_one(
+    axes: list[Axis],
+    train: Features, y_train: dict[str, np.ndarray],
+    val: Features, y_val: dict[str, np.ndarray],
+    cfg: HeadTrainConfig, device: torch.device, show_progress: bool = True,
 ) -> tuple[FusionHead, dict]:
-    """Fit a head; returns the best-on-validation weights and a small training log."""
+    """Fit one head; returns the best-on-validation weights and a small training log."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     head = FusionHead(HeadConfig(

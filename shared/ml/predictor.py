@@ -18,7 +18,7 @@ from shared.ml.consistency import Consistency
 from shared.ml.evidence import Evidence, alone_axes, input_evidence, trusted_axes
 from shared.ml.experts import TextExperts
 from shared.ml.features import text_features
-from shared.ml.head import FusionHead, HeadConfig
+from shared.ml.head import FusionHead, HeadConfig, HeadEnsemble, build
 from shared.ml.image_encoder import ImageEncoder, ImagePreprocessing, PreparedImages
 from shared.ml.labels import Axis
 from shared.ml.lexical import hash_ngrams
@@ -73,8 +73,8 @@ class Prediction:
         return ranked[0] if ranked else None
 
 
-def build_head(manifest: dict, state: dict[str, torch.Tensor] | None = None) -> FusionHead:
-    head = FusionHead(HeadConfig(**manifest["head"]["config"]))
+def build_head(manifest: dict, state: dict[str, torch.Tensor] | None = None) -> FusionHead | HeadEnsemble:
+    head = build(HeadConfig(**manifest["head"]["config"]))
     if state is not None:
         try:
             head.load_state_dict(state)

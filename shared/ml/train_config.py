@@ -207,6 +207,8 @@ def config_problems(cfg: TrainConfig, holdout: bool = False) -> dict[str, str]:
         bad["lexical_buckets"] = f"must be 0 (off) or at least 2, not {cfg.head.lexical_buckets}"
     if cfg.head.lexical_dim < 1:
         bad["lexical_dim"] = f"must be at least 1, not {cfg.head.lexical_dim}"
+    if cfg.head.members < 1:
+        bad["head_ensemble"] = f"must be at least 1 (one head), not {cfg.head.members}"
     return bad
 
 

@@ -41,7 +41,7 @@ def test_train_help_shows_a_sensible_finetune_pair() -> None:
     assert "--no-no-" not in text
     assert "--finetune-text / --no-finetune-text" in text and "…" not in text
     for opt in ("--validation-fraction", "--calibration-fraction", "--min-value-count", "--json",
-                "--lexical-buckets", "--lexical-dim"):
+                "--lexical-buckets", "--lexical-dim", "--head-ensemble"):
         assert opt in text
 
 
@@ -54,6 +54,7 @@ def test_train_help_shows_a_sensible_finetune_pair() -> None:
     (["--lexical-buckets", "-5"], "--lexical-buckets"),
     (["--lexical-buckets", "1024", "--lexical-dim", "0"], "--lexical-dim"),
     (["--image-tail-epochs", "-1"], "--image-tail-epochs"),
+    (["--head-ensemble", "0"], "--head-ensemble"),
 ])
 def test_train_refuses_bad_options_before_training(
     tmp_path: Path, sample_manifest: Path, args: list[str], named: str,
