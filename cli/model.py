@@ -107,7 +107,7 @@ def train(
     lexical_dim: Annotated[int, typer.Option(
         help="Width of the lexical channel's bucket embeddings (stored float16).")] = 32,
     head_ensemble: Annotated[int, typer.Option(
-        help="Train this many fusion heads (seeds --seed, --seed + 1, …) and average their "
+        help="Train this many fusion heads (seeds --seed, --seed + 1 and so on) and average their "
         "logits; costs as many times the head's training, per calibration fold too, and the "
         "head's size (docs/MODEL.md, \"Head ensembles\"); 1: one head.")] = 1,
     text_experts: Annotated[bool, typer.Option(
