@@ -33,13 +33,10 @@ from shared.ml.cache import EmbeddingCache
 from shared.ml.calibration import fit_temperature, probabilities
 from shared.ml.cross_fit import head_logits
 from shared.ml.experts import TextExperts
-from shared.ml.features import image_features, text_features
-from shared.ml.head_training import Features, train_head
-from shared.ml.image_encoder import ImageEncoder
+from shared.ml.head_training import train_head
 from shared.ml.labels import build_axes, targets
-from shared.ml.text_tuning import tuned_text_encoder
 from shared.ml.train_config import TrainConfig
-from shared.ml.training import prepare
+from shared.ml.training import encode_inputs, prepare
 
 
 def row(tag: str, axes, logits_c: dict, logits_v: dict, yc: dict, yv: dict) -> str:
@@ -63,17 +60,13 @@ def main() -> None:
     args = ap.parse_args()
     cfg, s, device = TrainConfig(finetune_text=False), get_settings(), torch.device("cpu")
     data = prepare(args.data, cfg, None, show_progress=True)  # tagger train's split and defaults
-    cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
-    ix, im = image_features(ImageEncoder.from_settings(s), data.blobs, cache, True)
     tr, ca, va = (data.parts[k] for k in ("train", "calibration", "validation"))
     axes = build_axes([data.records[i] for i in tr], data.kinds, min_count=cfg.min_value_count)
     y = {a.name: targets(data.records, a) for a in axes}
-    texts = [r.text for r in data.records]
-    enc, _ = tuned_text_encoder(s, [texts[i] for i in tr], {a.name: y[a.name][tr] for a in axes},
-                                axes, cfg, True)  # frozen, as tagger train's default
-    tx, tm = text_features(enc, texts, cache, True)
+    cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
+    inputs = encode_inputs(data, axes, y, cfg, s, cache, True)  # frozen encoders, as tagger train's
     cache.close()
-    feats = Features(tx, tm, ix, im)
+    feats, texts = inputs.features, inputs.texts
     ys = {k: {a.name: y[a.name][v] for a in axes} for k, v in data.parts.items()}
     experts = TextExperts.fit(axes, [texts[i] for i in tr], ys["train"], seed=cfg.seed, show_progress=True)
     cal_h, val_h = [], []

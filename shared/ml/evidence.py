@@ -117,6 +117,30 @@ def _probs(head: FusionHead, axes: list[Axis], tensors: tuple[torch.Tensor, ...]
     return {a.name: probabilities(a, out[a.name].float().cpu().numpy()) for a in axes}
 
 
+def _solo_probs(
+    head: FusionHead, axes: list[Axis], inputs: tuple[torch.Tensor, ...], none: torch.Tensor,
+    lex: tuple[torch.Tensor, ...], no_lex: tuple[torch.Tensor, ...],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What the title alone and the photo alone say, scored only for the items that have both
+    (nothing reads a solo opinion of any other item: :attr:`Evidence.both`); the other rows are
+    zeros, which clear no threshold. A batch of titles without photos costs no head pass here."""
+    tx, tm, ix, im = inputs
+    n = len(tx)
+    title = {a.name: np.zeros((n, len(a.values)), np.float32) for a in axes}
+    photo = {a.name: np.zeros((n, len(a.values)), np.float32) for a in axes}
+    rows = torch.nonzero(tm & im).flatten()
+    if len(rows) == 0:
+        return title, photo
+    at = rows.cpu().numpy()
+    tx, tm, ix, im, none = (t[rows] for t in (tx, tm, ix, im, none))
+    lex, no_lex = tuple(t[rows] for t in lex), tuple(t[rows] for t in no_lex)
+    for out, got in ((title, _probs(head, axes, (tx, tm, ix, none, *lex))),
+                     (photo, _probs(head, axes, (tx, none, ix, im, *no_lex)))):
+        for name, p in got.items():
+            out[name][at] = p
+    return title, photo
+
+
 def fit_trust(ev: Evidence, y: dict[str, np.ndarray], target: float, confidence: float) -> dict | None:
     """Per single-label axis, each input's solo auto tags on held-out items that had both inputs:
     how many (``n``), how many right (``hits``) and the lower bound of their precision; the axis is
@@ -185,8 +209,7 @@ def input_evidence(
             ids = torch.from_numpy(lex_ids[sl]).to(device)
             counts = torch.from_numpy(lex_counts[sl]).to(device)
             lex, no_lex = (ids, counts), (ids, torch.zeros_like(counts))
-        title = _probs(head, axes, (tx, tm, ix, none, *lex))
-        photo = _probs(head, axes, (tx, none, ix, im, *no_lex))
+        title, photo = _solo_probs(head, axes, (tx, tm, ix, im), none, lex, no_lex)
         gates = head.gate_weights(tx, tm, ix, im, *lex) if gated else None
         for a in axes:
             parts["title"].setdefault(a.name, []).append(title[a.name])

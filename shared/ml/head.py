@@ -157,19 +157,22 @@ class FusionHead(nn.Module):
         out, _ = self._gated(views, masks)
         return out
 
-    def _gated(self, views: list[torch.Tensor], masks: torch.Tensor,
+    def _gated(self, views: list[torch.Tensor], masks: torch.Tensor, logits: bool = True,
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per axis, logits (skipped without ``logits``: the gates alone skip every MLP) and gates."""
         t, i = views[0], views[1]
         both = torch.cat([*views, masks], dim=-1)
         absent = (masks == 0) & (masks.sum(-1, keepdim=True) > 0)  # keep one slot if none present
         out, gates = {}, {}
         for a in self.axes:
             g = self.gates[a](both).masked_fill(absent, -1e4).softmax(-1)
+            gates[a] = g
+            if not logits:
+                continue
             mix = g[:, :1] * t + g[:, 1:2] * i
             if len(views) > 2:
                 mix = mix + g[:, 2:3] * views[2]
             out[a] = self.mlps[a](torch.cat([mix, t * i], dim=-1))
-            gates[a] = g
         return out, gates
 
     def gate_weights(
@@ -181,7 +184,8 @@ class FusionHead(nn.Module):
         decision (a tag's evidence). None for the concat head, which has no gate to read."""
         if self.cfg.fusion != "gated":
             return None
-        return self._gated(*self._views(text, text_mask, image, image_mask, lex_ids, lex_counts))[1]
+        views, masks = self._views(text, text_mask, image, image_mask, lex_ids, lex_counts)
+        return self._gated(views, masks, logits=False)[1]
 
 
 class HeadEnsemble(nn.Module):
@@ -195,12 +199,16 @@ class HeadEnsemble(nn.Module):
     input's share in the averaged decision) and the stored state (``members.<i>.<name>``).
     """
 
-    def __init__(self, cfg: HeadConfig) -> None:
+    def __init__(self, cfg: HeadConfig, heads: list[FusionHead] | None = None) -> None:
+        """``heads``: members already trained (kept as they are, no copy); else fresh ones."""
         super().__init__()
         if cfg.members < 2:
             raise ValueError(f"an ensemble needs at least 2 members, not {cfg.members}")
+        if heads is not None and len(heads) != cfg.members:
+            raise ValueError(f"the config names {cfg.members} members, {len(heads)} were given")
         self.cfg = cfg
-        self.members = nn.ModuleList(FusionHead(replace(cfg, members=1)) for _ in range(cfg.members))
+        self.members = nn.ModuleList(heads if heads is not None else
+                                     (FusionHead(replace(cfg, members=1)) for _ in range(cfg.members)))
         self.axes = self.members[0].axes
 
     def forward(self, *inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:

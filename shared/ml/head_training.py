@@ -166,9 +166,7 @@ def train_head(
         return _train_one(axes, train, y_train, val, y_val, cfg, device, show_progress)
     trained = [_train_one(axes, train, y_train, val, y_val, replace(cfg, seed=cfg.seed + m),
                           device, show_progress) for m in range(cfg.members)]
-    head = HeadEnsemble(replace(trained[0][0].cfg, members=cfg.members)).to(device)
-    for member, (one, _) in zip(head.members, trained, strict=True):
-        member.load_state_dict(one.state_dict())
+    head = HeadEnsemble(replace(trained[0][0].cfg, members=cfg.members), [one for one, _ in trained])
     logs = [log for _, log in trained]
     return head.eval(), {"epochs_run": sum(log["epochs_run"] for log in logs), "members": logs}
 

@@ -231,6 +231,61 @@ def train(
     return train_prepared(data, out_dir, settings, cfg, show_progress)
 
 
+@dataclass
+class TrainingInputs:
+    """A catalogue's inputs as every head trained on it reads them, and the encoders that made
+    them (the served ones: the tuned image tail and LoRA adapter when the config trains them)."""
+
+    features: Features
+    texts: list[str]
+    text_encoder: TextEncoder | UseTextEncoder
+    adapter: dict[str, torch.Tensor] | None
+    image_encoder: ImageEncoder
+    pretrained: ImageEncoder  # the backbone before any tail tuning (fold tails start from it)
+    maps: FrozenMaps | None  # the frozen part's maps when a tail was tuned (fold tails reuse them)
+    tail_state: dict[str, torch.Tensor] | None
+    tail_doc: dict | None
+    timings: dict[str, float]
+
+
+def encode_inputs(
+    data: Prepared, axes: list[Axis], y: dict[str, np.ndarray], cfg: TrainConfig, s: Settings,
+    cache: EmbeddingCache, show_progress: bool = True,
+) -> TrainingInputs:
+    """Photos, then (optionally tuned) title embeddings, then the lexical channel's n-grams: the
+    one recipe shared by ``tagger train`` and the benches that study its heads, so a bench never
+    scores features training would not have made. ``cfg`` is the resolved config (choices made)."""
+    timings: dict[str, float] = {}
+    train_idx = data.parts["train"]
+    t0 = time.perf_counter()
+    image_enc = ImageEncoder.from_settings(s)
+    ix, im = data.image_features or image_features(image_enc, data.blobs, cache, show_progress)
+    timings["image_features_s"] = time.perf_counter() - t0
+    maps, tail_state, tail_doc, pretrained = None, None, None, image_enc
+    if cfg.image_tail_epochs and im[train_idx].any():  # the tuned image tail replaces the backbone's
+        ix, maps, image_enc, tail_state, tail_doc, t = tail_for_training(
+            image_enc, data.blobs, ix, im, data.parts, y, axes, cfg, s, show_progress)
+        timings.update(t)
+
+    t0 = time.perf_counter()
+    texts = [r.text for r in data.records]
+    text_enc, adapter = tuned_text_encoder(
+        s, [texts[i] for i in train_idx], {a.name: y[a.name][train_idx] for a in axes}, axes, cfg,
+        show_progress)
+    timings["text_tuning_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tx, tm = text_features(text_enc, texts, cache, show_progress)
+    timings["text_features_s"] = time.perf_counter() - t0
+
+    feats = Features(tx, tm, ix, im)
+    if cfg.head.lexical_buckets:  # the lexical channel: the texts' hashed n-grams (shared.ml.lexical)
+        t0 = time.perf_counter()
+        feats.lex_ids, feats.lex_counts = hash_ngrams(texts, cfg.head.lexical_buckets)
+        timings["lexical_hashing_s"] = time.perf_counter() - t0
+    return TrainingInputs(feats, texts, text_enc, adapter, image_enc, pretrained, maps, tail_state,
+                          tail_doc, timings)
+
+
 def train_prepared(
     data: Prepared, out_dir: str | Path, settings: Settings | None = None,
     cfg: TrainConfig | None = None, show_progress: bool = True, scores_out: Path | None = None,
@@ -262,33 +317,11 @@ def train_prepared(
     axes = build_axes([recs[i] for i in train_idx], data.kinds, min_count=cfg.min_value_count)
     y = {a.name: targets(recs, a) for a in axes}
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    image_enc = ImageEncoder.from_settings(s)
-    ix, im = data.image_features or image_features(image_enc, data.blobs, cache, show_progress)
-    timings["image_features_s"] = time.perf_counter() - t0
-    maps, tail_state, tail_doc, pretrained = None, None, None, image_enc
-    if cfg.image_tail_epochs and im[train_idx].any():  # the tuned image tail replaces the backbone's
-        ix, maps, image_enc, tail_state, tail_doc, t = tail_for_training(
-            image_enc, data.blobs, ix, im, data.parts, y, axes, cfg, s, show_progress)
-        timings.update(t)
-
-    t0 = time.perf_counter()
-    texts = [r.text for r in recs]
-    text_enc, adapter = tuned_text_encoder(
-        s, [texts[i] for i in train_idx], {a.name: y[a.name][train_idx] for a in axes}, axes, cfg,
-        show_progress)
-    timings["text_tuning_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tx, tm = text_features(text_enc, texts, cache, show_progress)
-    timings["text_features_s"] = time.perf_counter() - t0
-
-    feats = Features(tx, tm, ix, im)
-    if cfg.head.lexical_buckets:  # the lexical channel: the texts' hashed n-grams (shared.ml.lexical)
-        t0 = time.perf_counter()
-        feats.lex_ids, feats.lex_counts = hash_ngrams(texts, cfg.head.lexical_buckets)
-        timings["lexical_hashing_s"] = time.perf_counter() - t0
+    inputs = encode_inputs(data, axes, y, cfg, s, cache, show_progress)
+    timings = dict(inputs.timings)
+    feats, texts, text_enc, adapter = inputs.features, inputs.texts, inputs.text_encoder, inputs.adapter
+    image_enc, pretrained, maps = inputs.image_encoder, inputs.pretrained, inputs.maps
+    tail_state, tail_doc = inputs.tail_state, inputs.tail_doc
     part = {k: feats.take(v) for k, v in data.parts.items()}
     ys = {k: {a.name: y[a.name][v] for a in axes} for k, v in data.parts.items()}
     t0 = time.perf_counter()

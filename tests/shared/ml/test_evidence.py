@@ -141,3 +141,31 @@ def test_a_title_whose_photo_failed_applies_only_what_the_title_alone_may(shippe
         statuses = {t.status for t in p.tags[a.name]}
         if a.name in p.one_input:
             assert a.name not in shipped.alone["title"] and statuses == {"review"}
+
+
+def test_solo_opinions_are_scored_only_for_items_with_both_inputs(shipped: Tagger, sample) -> None:
+    """A mixed batch (both inputs, title only, photo only) gives each item with both inputs the
+    solo opinions it gets in a batch of its own kind, zeros elsewhere; the gates read without the
+    axes' MLPs are the gates of the full pass."""
+    import torch
+
+    from shared.ml.evidence import input_evidence
+
+    recs, blobs = sample
+    items = [Item(r.text, b) for r, b in zip(recs[:12], blobs[:12], strict=True)]
+    mixed = items[:4] + [Item(r.text) for r in recs[4:8]] + [Item("", b) for b in blobs[8:12]]
+    tx, tm, ix, im = shipped.features(mixed)[:4]
+    assert tm.dtype == bool and im.dtype == bool and (tm & im).sum() == 4
+    ev = input_evidence(shipped.head, shipped.axes, tx, tm, ix, im, shipped.device)
+    alone = input_evidence(shipped.head, shipped.axes, tx[:4], tm[:4], ix[:4], im[:4], shipped.device)
+    for a in shipped.axes:
+        for got, want in ((ev.title, alone.title), (ev.photo, alone.photo)):
+            np.testing.assert_allclose(got[a.name][:4], want[a.name], rtol=1e-5, atol=1e-6)
+            assert not got[a.name][4:].any()
+    with torch.inference_mode():
+        args = [torch.from_numpy(x) for x in (tx, tm, ix, im)]
+        member = shipped.head.members[0] if hasattr(shipped.head, "members") else shipped.head
+        _, full_gates = member._gated(*member._views(*args, None, None))
+        only_gates = member.gate_weights(*args)
+    for a in shipped.axes:
+        torch.testing.assert_close(only_gates[a.name], full_gates[a.name])
