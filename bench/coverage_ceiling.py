@@ -18,8 +18,13 @@ cross-fitted scores, ranking a value's predictions by the top probability (the r
 without the served-head check), by the margin between the top two, or by top x margin: within one
 value only the order matters, so only another order could add coverage (docs/MODEL.md: it did not).
 
+With ``--pools``, a third table re-fits every axis's thresholds on the cross-fitted scores by
+the rule with no pool, with the thin values pooled (``tagger train``'s default with titles), and
+with every unproven value pooled (``--pool-unproven``), and gives each one's validation coverage
+and precision, and the pooled values' own validation precision, worst first.
+
 Not a test. Usage: python -m bench.coverage_ceiling runs/catalogues/fashion-small-scores.npz \\
-    [--model runs/catalogues/fashion-small] [--target 0.98] [--rankings]
+    [--model runs/catalogues/fashion-small] [--target 0.98] [--rankings] [--pools]
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.ml.calibration import NEVER, softmax, value_threshold
+from shared.ml.calibration import NEVER, fit_thresholds, probabilities, softmax, value_threshold
+from shared.ml.labels import Axis
 
 RANKINGS = ("top", "margin", "top*margin")
 
@@ -71,6 +77,42 @@ def oracle_coverage(probs: np.ndarray, y: np.ndarray, target: float) -> tuple[fl
     return n / len(y), (right[covered].mean() if n else float("nan"))
 
 
+POOLS = {"no pool": (False, False), "thin pooled": (True, False), "unproven pooled": (True, True)}
+
+
+def pooled_rules(name: str, spec: dict, z: np.lib.npyio.NpzFile, temperature: float,
+                 target: float) -> list[str]:
+    """One table row per pooling rule: thresholds re-fitted on the cross-fitted scores, measured
+    on the validation part (before abstention, joint decoding and the served-head check)."""
+    cal, val = z["calibration_idx"], z["validation_idx"]
+    axis = Axis(name=name, kind=spec.get("kind", "single"), values=spec["values"], temperature=temperature)
+    yc, yv = z[f"y:{name}"][cal], z[f"y:{name}"][val]
+    pc, pv = probabilities(axis, z[f"cal_logits:{name}"]), z[f"val_probs:{name}"]
+    single = axis.kind == "single"
+    rows = []
+    for rule, (thin, unproven) in POOLS.items():
+        fit_thresholds(axis, pc, yc, target, pool_thin=thin, pool_unproven=unproven)
+        cuts = np.array([axis.thresholds[v] for v in axis.values])
+        if single:
+            keep = yv >= 0
+            top, score, y = pv[keep].argmax(1), pv[keep].max(1), yv[keep]
+            auto, right = score >= cuts[top], top == y
+            total = len(y)
+        else:
+            keep = (yv >= 0).all(axis=1)
+            auto2, truth = pv[keep] >= np.maximum(cuts, 0.5), yv[keep] > 0.5
+            top = np.nonzero(auto2)[1]
+            auto, right = np.ones(len(top), bool), truth[auto2]
+            total = int((pv[keep] >= 0.5).sum())
+        pooled = [k for k, v in enumerate(axis.values) if axis.evidence[v].get("pooled")]
+        worst = sorted((right[auto & (top == k)].mean(), int((auto & (top == k)).sum()), axis.values[k])
+                       for k in pooled if (auto & (top == k)).sum() >= 20)[:3]
+        prec = right[auto].mean() if auto.any() else float("nan")
+        rows.append(f"| {name} | {rule} | {auto.sum() / max(total, 1):.3f} / {prec:.4f} | "
+                    f"{len(pooled)} | " + ", ".join(f"{v} {p:.3f} (n {n})" for p, n, v in worst) + " |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scores", type=Path)
@@ -79,6 +121,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.98)
     ap.add_argument("--rankings", action="store_true",
                     help="also re-cut each value on the cross-fitted scores by other rankings")
+    ap.add_argument("--pools", action="store_true",
+                    help="also re-fit every axis with no pool, thin values pooled, unproven pooled")
     args = ap.parse_args()
     model = args.model or args.scores.with_name(args.scores.name.replace("-scores.npz", ""))
     manifest = json.loads((model / "manifest.json").read_text())
@@ -103,9 +147,15 @@ def main() -> None:
         rp = right[auto].mean() if auto.any() else float("nan")
         print(f"| {name} | {len(values)} | {right.mean():.3f} | {auto.mean():.3f} / {rp:.3f} | "
               f"{oc:.3f} / {op:.3f} | {rare:.3f} |")
+    temps = dict(zip(manifest["axes"], z["temperatures"], strict=True))
+    if args.pools:
+        print("\n| axis | rule | validation coverage / precision | values pooled | "
+              "pooled values' validation precision, worst 3 (n >= 20) |\n|---|---|---|---:|---|")
+        for name, spec in manifest["axes"].items():
+            print("\n".join(pooled_rules(name, spec, z, float(temps[name]), args.target)))
     if not args.rankings:
         return
-    cal, temps = z["calibration_idx"], dict(zip(manifest["axes"], z["temperatures"], strict=True))
+    cal = z["calibration_idx"]
     print("\n| axis | " + " | ".join(f"{k}: coverage / precision" for k in RANKINGS) + " |")
     print("|---|" + "---|" * len(RANKINGS))
     for name, spec in manifest["axes"].items():

@@ -46,7 +46,8 @@ OPTION = {"calibration_fraction": "--calibration-fraction", "validation_fraction
           "lexical_buckets": "--lexical-buckets", "lexical_dim": "--lexical-dim",
           "near_duplicate_similarity": "--near-duplicate-similarity", "text_encoder": "--text-encoder",
           "image_tail_epochs": "--image-tail-epochs", "image_tail_lr": "--image-tail-lr",
-          "text_windows": "--text-windows", "pool_thin_values": "--pool-thin-values"}
+          "text_windows": "--text-windows", "pool_thin_values": "--pool-thin-values",
+          "pool_unproven": "--pool-unproven"}
 
 
 def train(
@@ -122,6 +123,12 @@ def train(
         "with titles, off for photos without titles, whose folds may share an item's shots "
         "(on grocery-store the group broke the promise: docs/MODEL.md, \"Thin values\").",
         show_default=False)] = None,
+    pool_unproven: Annotated[bool, typer.Option(
+        "--pool-unproven/--no-pool-unproven",
+        help="With the pool on, every value that did not prove the target alone joins it, not "
+        "only the rare ones (a value of 200 predictions cannot prove .98 unless it is "
+        "flawless); a member whose own record at the shared cut is provably under the target "
+        "stays off (docs/MODEL.md, \"Unproven values\").")] = False,
     near_duplicate_similarity: Annotated[float | None, typer.Option(
         help="Photos at least this cosine-similar (image embeddings) are kept on one side of "
         "every split and fold, like exact copies; for catalogues that photograph one item many "
@@ -173,7 +180,8 @@ def train(
                        lexical_dim=lexical_dim, head_min_steps=head_min_steps,
                        relative_stop=relative_stop, image_tail_epochs=image_tail_epochs,
                        image_tail_lr=image_tail_lr, text_windows=text_windows,
-                       pool_thin_values=pool_thin_values, head_ensemble=head_ensemble)
+                       pool_thin_values=pool_thin_values, pool_unproven=pool_unproven,
+                       head_ensemble=head_ensemble)
     problems = config_problems(cfg, holdout=held is not None)
     if problems:
         raise _fail("; ".join(f"{OPTION.get(k, k)}: {v}" for k, v in problems.items()))
@@ -226,7 +234,7 @@ def train_config(**options):
         near_duplicate_similarity=o["near_duplicate_similarity"], text_experts=o["text_experts"],
         text_encoder=getattr(enc, "value", enc), image_tail_epochs=o["image_tail_epochs"],
         image_tail_lr=o["image_tail_lr"], text_windows=o["text_windows"],
-        pool_thin_values=o["pool_thin_values"],
+        pool_thin_values=o["pool_thin_values"], pool_unproven=o["pool_unproven"],
         head=HeadTrainConfig(fusion=getattr(fusion, "value", fusion), epochs=o["head_epochs"],
                              seed=o["seed"], label_smoothing=o["label_smoothing"],
                              class_weight_power=o["class_weight_power"],

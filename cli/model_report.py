@@ -80,8 +80,9 @@ def auto_lines(manifest: dict) -> list[str]:
               if cal.get("method") == "cross-fit" else f"{cal.get('n', '?')} calibration items")
     lines = [f"[bold]auto-apply[/]: a value is auto only where the {conf:.0%} lower bound of its "
              f"precision reaches {manifest['target_precision']:.2f} ({source})"]
+    unproven = bool((cal.get("pool_thin_values") or {}).get("unproven"))
     if (pooling := cal.get("pool_thin_values")) is not None:
-        lines.append(f"  values too rare to prove it alone: "
+        lines.append(f"  values {'that did not prove' if unproven else 'too rare to prove'} it alone: "
                      f"{'proven together, one cut per axis' if pooling['on'] else 'never auto'} "
                      f"(chosen by: {escape(pooling['chosen_by'])}; "
                      f"{'--no-pool-thin-values' if pooling['on'] else '--pool-thin-values'} to change)")
@@ -92,7 +93,8 @@ def auto_lines(manifest: dict) -> list[str]:
         head = f"  {escape(name)}: {len(a['values']) - len(never)} of {len(a['values'])} auto"
         pool = next((e["pool"] for e in ev.values() if e.get("pooled")), None)
         if pool:
-            head += (f" ({pool['values']} of them too rare to prove alone, proven together: "
+            head += (f" ({pool['values']} of them "
+                     f"{'unproven' if unproven else 'too rare to prove'} alone, proven together: "
                      f"{pool['hits']} of {pool['n']} right from {pool['threshold']:.3f}, bound "
                      f"{pool['lower_bound']:.3f}"
                      + (f"; {pool['left_out']} left out, their own record under the target"

@@ -103,24 +103,24 @@ def value_threshold(
 
 def per_value(
     axis: Axis, scores: list[np.ndarray], correct: list[np.ndarray], target: float,
-    confidence: float, pool_thin: bool = False,
+    confidence: float, pool_thin: bool = False, pool_unproven: bool = False,
 ) -> None:
     """``scores[k]``/``correct[k]``: the calibration predictions of value k (single- and
     multi-label alike). Every value gets its own threshold and evidence; the default is NEVER.
-    With ``pool_thin``, the values that cannot prove the target alone are proven together
-    (:func:`pool_thin_values`)."""
+    With ``pool_thin``, the values too rare to prove the target alone are proven together
+    (:func:`pool_thin_values`); with ``pool_unproven`` too, so are those that did not prove it."""
     axis.thresholds, axis.evidence = {}, {}
     for value, sc, co in zip(axis.values, scores, correct, strict=True):
         axis.thresholds[value], axis.evidence[value] = value_threshold(sc, co, target, confidence)
     axis.default_threshold = NEVER
     if pool_thin:
         pool_thin_values(axis, dict(zip(axis.values, zip(scores, correct, strict=True), strict=True)),
-                         target, confidence)
+                         target, confidence, unproven=pool_unproven)
 
 
 def pool_thin_values(
     axis: Axis, predictions: dict[str, tuple[np.ndarray, np.ndarray]], target: float,
-    confidence: float,
+    confidence: float, unproven: bool = False,
 ) -> dict | None:
     """Give the axis's *thin* values (proposed on calibration fewer times than a bound needs even
     when every one is right: 149 for .98 at 95%) one shared cut, fitted by the same lower-bound
@@ -136,10 +136,20 @@ def pool_thin_values(
     under the target beyond doubt (its upper bound, as the live audit judges) stays off too:
     taking out the worst after the group's bound was counted with them can only lower the
     group's misses. The live audit then watches each value on its own. Records the pool in
-    ``axis.evidence[value]["pool"]``; returns its evidence, or None when no value is thin."""
+    ``axis.evidence[value]["pool"]``; returns its evidence, or None when no value is thin.
+
+    With ``unproven``, every value that did not prove the target alone joins, whatever its count.
+    Why: a value needs far more than 149 predictions to prove .98 unless it is flawless (Clutches,
+    204 right of 206, bound .970; Lipstick 194 of 195, .976), so values between "thin" and
+    "plenty" were never auto-applied on a 99% record. Joining on a failed proof selects the pool's
+    members by their outcomes, but only ever for the worse: a member is in because its own record
+    could not carry it, so the pool's record is, if anything, worse than its members' truth. The
+    upper-bound rule above keeps out every member whose own record at the shared cut is provably
+    under the target."""
     need = needed_for_auto(target, confidence)
     thin = [v for v in axis.values
-            if not axis.evidence[v]["auto"] and 0 < len(predictions[v][0]) < need]
+            if not axis.evidence[v]["auto"] and len(predictions[v][0]) > 0
+            and (unproven or len(predictions[v][0]) < need)]
     if not thin:
         return None
     sc = np.concatenate([predictions[v][0] for v in thin])
@@ -167,7 +177,7 @@ def pool_thin_values(
 
 def fit_thresholds(
     axis: Axis, probs: np.ndarray, y: np.ndarray, target: float, confidence: float = CONFIDENCE,
-    pool_thin: bool = False,
+    pool_thin: bool = False, pool_unproven: bool = False,
 ) -> None:
     """Set ``axis.thresholds``, ``axis.evidence`` (per value) and ``axis.default_threshold`` from
     calibration scores ``probs`` and targets ``y`` (as ``shared.ml.labels.targets`` builds them)."""
@@ -179,14 +189,14 @@ def fit_thresholds(
         correct = top == yy
         sel = [top == k for k in range(len(axis.values))]
         per_value(axis, [score[s] for s in sel], [correct[s] for s in sel], target, confidence,
-                   pool_thin)
+                  pool_thin, pool_unproven)
         return
     keep = (y >= 0).all(axis=1)
     p, yy = probs[keep], y[keep] > 0.5
     # A multi-label value is proposed when its score passes 0.5; precision is over those.
     sel = [p[:, k] >= 0.5 for k in range(len(axis.values))]
     per_value(axis, [p[s, k] for k, s in enumerate(sel)], [yy[s, k] for k, s in enumerate(sel)],
-               target, confidence, pool_thin)
+              target, confidence, pool_thin, pool_unproven)
 
 
 # An axis whose served head gives at least this many auto tags on the calibration part must reach

@@ -32,6 +32,9 @@ class TrainConfig:
     # (shared.ml.calibration.pool_thin_values); off: they are never auto-applied. None: chosen by
     # the catalogue (pool_thin_choice): on with titles, off for photos without titles.
     pool_thin_values: bool | None = None
+    # With the pool on, every value that did not prove the target alone joins it, whatever its
+    # count (pool_thin_values(unproven=True)); off: only the thin ones.
+    pool_unproven: bool = False
     validation_fraction: float = 0.1  # the report only: never trained or tuned on
     finetune_text: bool = True
     text_epochs: int = 2

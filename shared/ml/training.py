@@ -309,7 +309,7 @@ def train_prepared(
                   near_duplicate_similarity=(data.near_duplicates or {}).get("similarity", 0.0)
                   if near is None else near,
                   image_tail_epochs=image_tail_epochs_choice(cfg.image_tail_epochs, data.records, data.blobs),
-                  pool_thin_values=pool_on)
+                  pool_thin_values=pool_on, pool_unproven=pool_on and cfg.pool_unproven)
     target = cfg.target_precision or s.target_precision
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
@@ -348,8 +348,10 @@ def train_prepared(
     for a in axes:
         lg, yc = cal_logits[a.name], y[a.name][cal_idx]
         a.temperature = fit_temperature(a, lg, yc)
-        fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence, cfg.pool_thin_values)
-    cal_log["pool_thin_values"] = {"on": pool_on, "chosen_by": pool_chosen_by}
+        fit_thresholds(a, probabilities(a, lg), yc, target, cfg.confidence, cfg.pool_thin_values,
+                       cfg.pool_unproven)
+    cal_log["pool_thin_values"] = {"on": pool_on, "chosen_by": pool_chosen_by,
+                                   "unproven": pool_on and cfg.pool_unproven}
     if cal_log["method"] == "cross-fit":  # the served head must keep what its fold heads proved
         served = logits_to_probs(head, axes, part["calibration"], device)
         cal_log["served_check"] = {a.name: c for a in axes if (c := check_served(

@@ -141,6 +141,7 @@ def test_the_commands_defaults_are_the_measured_recipe() -> None:
     assert cfg.head.class_weight_power == 0 and cfg.head.min_steps == 2000 and cfg.head.relative_stop
     assert cfg.calibration_folds == 5 and cfg.confidence == 0.95
     assert cfg.pool_thin_values is None and cfg.text_windows == 1  # chosen by the catalogue
+    assert not cfg.pool_unproven and train_config(pool_unproven=True).pool_unproven
     assert cfg.near_duplicate_similarity is None  # chosen by the catalogue: photos only -> 0.8
     changed = train_config(text_experts=False, lexical_buckets=1024, near_duplicate_similarity=0.8)
     assert not changed.text_experts and changed.head.lexical_buckets == 1024
@@ -193,3 +194,7 @@ def test_train_lists_auto_values_and_a_pooled_group() -> None:
     text = " ".join(cli_report.auto_lines(manifest))
     assert "too rare to prove it alone: proven together, one cut per axis (chosen by: default; " \
            "--no-pool-thin-values to change)" in text
+    manifest["training"]["calibration"]["pool_thin_values"]["unproven"] = True
+    text = " ".join(cli_report.auto_lines(manifest))
+    assert "values that did not prove it alone: proven together" in text
+    assert "2 of them unproven alone, proven together" in text

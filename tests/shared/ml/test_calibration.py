@@ -324,3 +324,28 @@ def test_a_thin_value_whose_own_record_fails_at_the_pools_cut_is_left_out() -> N
     alone = value_threshold(*preds["rare0"], 0.98)[1]
     assert {k: axis.evidence["rare0"][k] for k in ("n", "hits", "lower_bound")} == \
         {k: alone[k] for k in ("n", "hits", "lower_bound")}
+
+
+def test_unproven_values_join_the_pool_with_pool_unproven_unless_provably_under() -> None:
+    """Twelve values of 250 predictions, 248 right (misses at ranks 100 and 200), cannot prove .98
+    alone (bound .977 at best); with ``pool_unproven`` they prove it together. A value of 160
+    predictions at 87.5% joins too, and is left out: its own record at the shared cut is provably
+    under the target."""
+    rng = np.random.default_rng(0)
+    values = ["bad"] + [f"mid{i}" for i in range(12)]
+    preds = {"bad": (rng.uniform(0.7, 1.0, 160), np.arange(160) % 8 != 0)}
+    for v in values[1:]:
+        s = rng.uniform(0.7, 1.0, 250)
+        right = np.ones(250, bool)
+        right[np.argsort(-s)[[100, 200]]] = False
+        preds[v] = (s, right)
+    axis = Axis("a", "single", values)
+    scores, correct = [preds[v][0] for v in values], [preds[v][1] for v in values]
+    per_value(axis, scores, correct, 0.98, 0.95, pool_thin=True)
+    assert all(axis.thresholds[v] == NEVER for v in values)  # none is thin, none proves alone
+    per_value(axis, scores, correct, 0.98, 0.95, pool_thin=True, pool_unproven=True)
+    pool = axis.evidence["mid0"]["pool"]
+    assert pool["values"] == 13 and pool["left_out"] == 1 and pool["lower_bound"] >= 0.98
+    assert all(axis.evidence[v]["pooled"] and axis.thresholds[v] == pool["threshold"] for v in values[1:])
+    assert axis.thresholds["bad"] == NEVER and not axis.evidence["bad"]["auto"]
+    assert axis.evidence["bad"]["left_out"]["hits"] == 140
