@@ -21,7 +21,7 @@ value only the order matters, so only another order could add coverage (docs/MOD
 With ``--pools``, a third table re-fits every axis's thresholds on the cross-fitted scores by
 the rule with no pool, with the thin values pooled (``tagger train``'s default with titles), and
 with every unproven value pooled (``--pool-unproven``), and gives each one's validation coverage
-and precision, and the pooled values' own validation precision, worst first.
+and precision, the pooled values' auto tags together (right of all) and the worst three alone.
 
 Not a test. Usage: python -m bench.coverage_ceiling runs/catalogues/fashion-small-scores.npz \\
     [--model runs/catalogues/fashion-small] [--target 0.98] [--rankings] [--pools]
@@ -108,8 +108,10 @@ def pooled_rules(name: str, spec: dict, z: np.lib.npyio.NpzFile, temperature: fl
         worst = sorted((right[auto & (top == k)].mean(), int((auto & (top == k)).sum()), axis.values[k])
                        for k in pooled if (auto & (top == k)).sum() >= 20)[:3]
         prec = right[auto].mean() if auto.any() else float("nan")
+        together = auto & np.isin(top, pooled)
         rows.append(f"| {name} | {rule} | {auto.sum() / max(total, 1):.3f} / {prec:.4f} | "
-                    f"{len(pooled)} | " + ", ".join(f"{v} {p:.3f} (n {n})" for p, n, v in worst) + " |")
+                    f"{len(pooled)} | {int(right[together].sum())} / {int(together.sum())} | "
+                    + ", ".join(f"{v} {p:.3f} (n {n})" for p, n, v in worst) + " |")
     return rows
 
 
@@ -149,8 +151,8 @@ def main() -> None:
               f"{oc:.3f} / {op:.3f} | {rare:.3f} |")
     temps = dict(zip(manifest["axes"], z["temperatures"], strict=True))
     if args.pools:
-        print("\n| axis | rule | validation coverage / precision | values pooled | "
-              "pooled values' validation precision, worst 3 (n >= 20) |\n|---|---|---|---:|---|")
+        print("\n| axis | rule | validation coverage / precision | values pooled | pooled values' "
+              "auto tags: right / all | worst 3 alone (n >= 20) |\n|---|---|---|---:|---|---|")
         for name, spec in manifest["axes"].items():
             print("\n".join(pooled_rules(name, spec, z, float(temps[name]), args.target)))
     if not args.rankings:
