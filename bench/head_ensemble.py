@@ -36,7 +36,8 @@ from shared.ml.experts import TextExperts
 from shared.ml.head_training import train_head
 from shared.ml.labels import build_axes, targets
 from shared.ml.train_config import TrainConfig
-from shared.ml.training import encode_inputs, prepare
+from shared.ml.training import prepare
+from shared.ml.training_inputs import encode_inputs
 
 
 def row(tag: str, axes, logits_c: dict, logits_v: dict, yc: dict, yv: dict) -> str:

@@ -27,9 +27,8 @@ from shared.ml.features import image_features, text_features
 from shared.ml.head import FusionHead
 from shared.ml.head_training import Features, train_head
 from shared.ml.image_encoder import ImageEncoder
-from shared.ml.image_tuning import FrozenMaps, fold_image, tail_for_training
+from shared.ml.image_tuning import FrozenMaps, fold_image
 from shared.ml.labels import Axis, build_axes, targets
-from shared.ml.lexical import hash_ngrams
 from shared.ml.manifest import ModelManifest
 from shared.ml.novelty import NoveltyGuard, fit_guard
 from shared.ml.split import duplicate_groups, group_near_duplicates, grouped_split
@@ -47,6 +46,7 @@ from shared.ml.train_config import (
     rare_values,
     text_encoder_choice,
 )
+from shared.ml.training_inputs import encode_inputs
 
 MODALITIES = ("text", "image", "both")
 
@@ -229,61 +229,6 @@ def train(
     """Train, calibrate, evaluate and save a model; returns the report stored in its manifest."""
     data = prepare(manifest_path, cfg := cfg or TrainConfig(), holdout, settings, show_progress)
     return train_prepared(data, out_dir, settings, cfg, show_progress)
-
-
-@dataclass
-class TrainingInputs:
-    """A catalogue's inputs as every head trained on it reads them, and the encoders that made
-    them (the served ones: the tuned image tail and LoRA adapter when the config trains them)."""
-
-    features: Features
-    texts: list[str]
-    text_encoder: TextEncoder | UseTextEncoder
-    adapter: dict[str, torch.Tensor] | None
-    image_encoder: ImageEncoder
-    pretrained: ImageEncoder  # the backbone before any tail tuning (fold tails start from it)
-    maps: FrozenMaps | None  # the frozen part's maps when a tail was tuned (fold tails reuse them)
-    tail_state: dict[str, torch.Tensor] | None
-    tail_doc: dict | None
-    timings: dict[str, float]
-
-
-def encode_inputs(
-    data: Prepared, axes: list[Axis], y: dict[str, np.ndarray], cfg: TrainConfig, s: Settings,
-    cache: EmbeddingCache, show_progress: bool = True,
-) -> TrainingInputs:
-    """Photos, then (optionally tuned) title embeddings, then the lexical channel's n-grams: the
-    one recipe shared by ``tagger train`` and the benches that study its heads, so a bench never
-    scores features training would not have made. ``cfg`` is the resolved config (choices made)."""
-    timings: dict[str, float] = {}
-    train_idx = data.parts["train"]
-    t0 = time.perf_counter()
-    image_enc = ImageEncoder.from_settings(s)
-    ix, im = data.image_features or image_features(image_enc, data.blobs, cache, show_progress)
-    timings["image_features_s"] = time.perf_counter() - t0
-    maps, tail_state, tail_doc, pretrained = None, None, None, image_enc
-    if cfg.image_tail_epochs and im[train_idx].any():  # the tuned image tail replaces the backbone's
-        ix, maps, image_enc, tail_state, tail_doc, t = tail_for_training(
-            image_enc, data.blobs, ix, im, data.parts, y, axes, cfg, s, show_progress)
-        timings.update(t)
-
-    t0 = time.perf_counter()
-    texts = [r.text for r in data.records]
-    text_enc, adapter = tuned_text_encoder(
-        s, [texts[i] for i in train_idx], {a.name: y[a.name][train_idx] for a in axes}, axes, cfg,
-        show_progress)
-    timings["text_tuning_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tx, tm = text_features(text_enc, texts, cache, show_progress)
-    timings["text_features_s"] = time.perf_counter() - t0
-
-    feats = Features(tx, tm, ix, im)
-    if cfg.head.lexical_buckets:  # the lexical channel: the texts' hashed n-grams (shared.ml.lexical)
-        t0 = time.perf_counter()
-        feats.lex_ids, feats.lex_counts = hash_ngrams(texts, cfg.head.lexical_buckets)
-        timings["lexical_hashing_s"] = time.perf_counter() - t0
-    return TrainingInputs(feats, texts, text_enc, adapter, image_enc, pretrained, maps, tail_state,
-                          tail_doc, timings)
 
 
 def train_prepared(
