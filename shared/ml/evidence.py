@@ -41,8 +41,9 @@ BATCH = 2048
 @dataclass
 class Evidence:
     """Per axis: input shares (n x 2: title, photo; None for a head without gates) and the
-    calibrated probabilities from the title alone and from the photo alone; which items had a
-    title and which a photo. ``trusted``: axes on which both inputs' solo opinions count;
+    calibrated probabilities from the title alone and from the photo alone (rows of zeros for
+    items without both inputs: never scored, never read); which items had a title and which a
+    photo. ``trusted``: axes on which both inputs' solo opinions count;
     ``alone``: per input, the axes it may auto-apply on its own (None: no limit, older models)."""
 
     axes: list[Axis]
